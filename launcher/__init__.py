@@ -1,0 +1,3 @@
+"""Launch distributed TensorFlow fine-tuning on Kubernetes. Never imports TensorFlow."""
+
+__version__ = "0.1.0"

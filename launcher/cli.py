@@ -1,0 +1,203 @@
+"""The ``launcher`` command line: argument parsing and printing only; the work is done elsewhere.
+
+Heavy modules are imported inside the commands so that ``launcher --help`` and ``launcher render``
+start fast; TensorFlow is never imported here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from launcher import __version__
+from launcher.errors import LauncherError
+
+app = typer.Typer(
+    name="launcher",
+    help="Launch distributed TensorFlow fine-tuning on Kubernetes (MultiWorkerMirroredStrategy).",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+spec_app = typer.Typer(help="Work with job spec files.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+# Flags for the common spec fields: (parameter, flag, type, dotted spec path, help).
+SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
+    ("profile", "--profile", str, "profile", "gke, kind or generic: sets defaults"),
+    ("name", "--name", str, "name", "job name"),
+    ("namespace", "--namespace", str, "namespace", "Kubernetes namespace"),
+    ("image", "--image", str, "image", "trainer image"),
+    ("workers", "--workers", int, "workers", "number of worker pods"),
+    ("gpus", "--gpus", int, "resources.gpus", "GPUs per worker"),
+    ("accelerator", "--accelerator", str, "resources.accelerator", "GKE accelerator type"),
+    ("cpu", "--cpu", str, "resources.cpu", "CPU request per worker"),
+    ("memory", "--memory", str, "resources.memory", "memory per worker"),
+    ("checkpoint", "--checkpoint", str, "model.checkpoint", "checkpoint to fine-tune from"),
+    ("fine_tune_type", "--fine-tune-type", str, "model.fineTuneType",
+     "classification, detection or full"),
+    ("label_map", "--label-map", str, "model.labelMap", "label_map.pbtxt URI"),
+    ("pipeline_config", "--pipeline-config", str, "model.pipelineConfig", "pipeline.config URI"),
+    ("train", "--train", list[str], "data.train", "training TFRecord glob (repeatable)"),
+    ("eval", "--eval", list[str], "data.eval", "eval TFRecord glob (repeatable)"),
+    ("run_dir", "--run-dir", str, "runDir", "root of run directories"),
+    ("steps", "--steps", int, "training.steps", "training steps"),
+    ("global_batch_size", "--global-batch-size", int, "training.globalBatchSize",
+     "batch size summed over replicas"),
+    ("checkpoint_every", "--checkpoint-every", int, "training.checkpointEvery",
+     "steps between checkpoints"),
+    ("queue", "--queue", str, "scheduling.queue", "Kueue LocalQueue"),
+    ("retries", "--retries", int, "scheduling.retriesPerIndex", "retries per worker index"),
+    ("ttl", "--ttl", int, "scheduling.ttlSecondsAfterFinished", "seconds to keep a finished job"),
+    ("deadline", "--deadline", int, "scheduling.activeDeadlineSeconds", "job deadline (s)"),
+    ("gcp_service_account", "--gcp-service-account", str, "auth.gcpServiceAccount",
+     "Workload Identity GCP service account"),
+    ("key_secret", "--key-secret", str, "auth.keySecret", "Secret holding key.json"),
+]
+
+
+def _spec_flag_param(param: str, flag: str, typ: Any, help_text: str) -> inspect.Parameter:
+    short = ["-n"] if flag == "--namespace" else []
+    option = typer.Option(flag, *short, help=help_text, rich_help_panel="Spec fields",
+                          show_default=False)
+    return inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[Optional[typ], option])  # noqa: UP045
+
+
+def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the SPEC argument, ``--set`` and the spec-field flags to a command.
+
+    The command receives them as one ``spec_source: SpecSource`` keyword argument.
+    """
+    signature = inspect.signature(func)
+    hints = typing.get_type_hints(func, include_extras=True)
+    own = [p.replace(annotation=hints.get(p.name, p.annotation))
+           for p in signature.parameters.values() if p.name != "spec_source"]
+    extra = [
+        inspect.Parameter("spec_file", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                          annotation=Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+                              metavar="SPEC", help="job spec YAML file", show_default=False,
+                              exists=False)]),
+        inspect.Parameter("set_", inspect.Parameter.KEYWORD_ONLY, default=None,
+                          annotation=Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+                              "--set", "-s", help="override a field: path.to.field=value",
+                              show_default=False)]),
+        *(_spec_flag_param(p, f, t, h) for p, f, t, _, h in SPEC_FLAGS),
+    ]
+    positional = [p for p in own if p.kind == p.POSITIONAL_OR_KEYWORD]
+    keyword = [p for p in own if p.kind != p.POSITIONAL_OR_KEYWORD]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        from launcher.spec import SpecSource
+
+        flags = {path: kwargs.pop(param) for param, _, _, path, _ in SPEC_FLAGS}
+        kwargs["spec_source"] = SpecSource(
+            path=kwargs.pop("spec_file"), sets=kwargs.pop("set_") or [],
+            overrides={path: value for path, value in flags.items() if value not in (None, [])})
+        return func(**kwargs)
+
+    params = [extra[0], *positional, *extra[1:], *keyword]
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def fail(err: LauncherError) -> typer.Exit:
+    """Print one error line and return the exit to raise."""
+    typer.echo(f"error: {err}", err=True)
+    return typer.Exit(err.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"launcher {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Launch distributed TensorFlow fine-tuning on Kubernetes."""
+
+
+OutputFormat = Annotated[str, typer.Option("--output", "-o", help="yaml or json")]
+K8sVersion = Annotated[str, typer.Option("--k8s-version",
+                                         help="Kubernetes version whose schemas validate")]
+
+
+@app.command()
+@with_spec_options
+def render(
+    spec_source: Any,
+    output: OutputFormat = "yaml",
+    output_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--output-dir", help="write one YAML file per object here instead of stdout")] = None,
+    k8s_version: K8sVersion = "1.34",
+    schema: Annotated[bool, typer.Option(
+        "--validate/--no-validate",
+        help="also check every object against the strict Kubernetes schema (slower)")] = False,
+) -> None:
+    """Render the job's Kubernetes objects as YAML for [bold]kubectl apply -f -[/].
+
+    The spec and the cross-field rules are always checked; [bold]--validate[/] adds the schema.
+    """
+    from launcher import render as rendering
+    from launcher.api import build_objects
+
+    if output not in ("yaml", "json"):
+        raise fail(LauncherError(f"--output: {output!r} is not yaml or json"))
+    try:
+        _, objects = build_objects(spec_source, k8s_version, schema=schema)
+    except LauncherError as err:
+        raise fail(err) from None
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for i, obj in enumerate(objects):
+            (output_dir / rendering.file_name(obj, i)).write_text(rendering.to_yaml([obj]))
+        typer.echo(f"wrote {len(objects)} objects to {output_dir}", err=True)
+        return
+    sys.stdout.write(rendering.to_json(objects) if output == "json" else rendering.to_yaml(objects))
+
+
+@app.command()
+@with_spec_options
+def validate(spec_source: Any, k8s_version: K8sVersion = "1.34") -> None:
+    """Validate the spec and every rendered object (strict schema + cross-field rules)."""
+    from launcher.api import build_objects
+
+    try:
+        spec, objects = build_objects(spec_source, k8s_version)
+    except LauncherError as err:
+        raise fail(err) from None
+    kinds = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
+    typer.echo(f"ok: {spec.name} ({spec.workers} workers, profile {spec.profile}): {kinds} "
+               f"valid for Kubernetes {k8s_version}")
+
+
+@spec_app.command("init")
+def spec_init(
+    path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="file to write; stdout when omitted", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented example spec that documents every field."""
+    from launcher.spec import example_spec_text
+
+    text = example_spec_text()
+    if path is None:
+        sys.stdout.write(text)
+        return
+    if path.exists() and not force:
+        raise fail(LauncherError(f"{path}: exists; use --force to overwrite"))
+    path.write_text(text)
+    typer.echo(f"wrote {path}", err=True)

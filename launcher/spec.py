@@ -1,0 +1,441 @@
+"""The job spec: a YAML file, ``--set key=value`` overrides and CLI flags, validated into
+``JobSpec``.
+
+Field names in YAML are camelCase like Kubernetes objects; every field is documented in
+``docs/spec.md`` and in the example written by ``launcher spec init``. Profiles (``gke``, ``kind``,
+``generic``) are plain defaults merged under what the user wrote, so an explicit value always wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+from msgspec import Meta
+
+from launcher import contract
+from launcher.errors import SpecError
+
+Profile = Literal["gke", "kind", "generic"]
+FineTuneType = Literal["classification", "detection", "full"]
+PROFILES: tuple[str, ...] = ("gke", "kind", "generic")
+
+# Defaults each profile lays under the user's spec (camelCase, as in the YAML file).
+PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gke": {
+        "image": "tf-finetune-trainer:gpu",
+        "resources": {"gpus": 1, "accelerator": "nvidia-l4", "cpu": "8", "memory": "32Gi",
+                      "shmSize": "16Gi"},
+    },
+    "kind": {
+        "image": "tf-finetune-trainer:cpu",
+        # Side-loaded with `kind load docker-image`: never pull from a registry.
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {"gpus": 0, "cpu": "1", "memory": "3Gi"},
+        "env": {"STORAGE_EMULATOR_HOST": "http://gcs-emulator.default.svc:4443"},
+    },
+    "generic": {
+        "image": "tf-finetune-trainer:gpu",
+        "resources": {"gpus": 0, "cpu": "4", "memory": "16Gi"},
+    },
+}
+
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+IMAGE_REF = re.compile(
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?/)?"  # registry[:port]/
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"  # :tag @digest
+)
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                       r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EMAIL = re.compile(r"^[a-z0-9-]+@[a-z0-9-]+\.iam\.gserviceaccount\.com$")
+RESERVED_ENV = {contract.ENV_INDEX, contract.ENV_TF_CONFIG, contract.ENV_JOB_NAME,
+                contract.ENV_NUM_WORKERS, contract.ENV_RUN_DIR, contract.ENV_PORT}
+
+
+def _uri_problem(value: str) -> str | None:
+    """Why ``value`` is not a ``gs://bucket/path`` URI (globs allowed) or a local path, or None."""
+    if not value:
+        return "must not be empty"
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", value)
+    if scheme is None:
+        return None  # a local path, for run-local and tests
+    if scheme.group(1) != "gs" or not value.startswith("gs://"):
+        return f"{value!r} is not a gs://bucket/path URI or a local path"
+    bucket = value[len("gs://"):].split("/", 1)[0]
+    if not GCS_BUCKET.match(bucket) or ".." in bucket:
+        return f"{value!r} has an invalid bucket name {bucket!r}"
+    return None
+
+
+def _labels_problem(labels: dict[str, str]) -> str | None:
+    for key, val in labels.items():
+        if not LABEL_KEY.match(key):
+            return f"{key!r} is not a valid label key"
+        if len(val) > 63 or not LABEL_VALUE.match(val):
+            return f"value {val!r} of {key!r} is not a valid label value"
+    return None
+
+
+def _env_problem(env: dict[str, str]) -> str | None:
+    for key in env:
+        if not ENV_NAME.match(key):
+            return f"{key!r} is not a valid environment variable name"
+        if key in RESERVED_ENV:
+            return f"{key!r} is set by the launcher and cannot be overridden"
+    return None
+
+
+# Strings that end up in manifests or command lines: no newlines or control characters.
+Text = Annotated[str, Meta(pattern=r"^[^\x00-\x1f\x7f]*$")]
+PositiveInt = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+
+
+class _Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, rename="camel",
+             frozen=True):
+    """Spec sections: camelCase in YAML, unknown fields rejected, immutable once validated."""
+
+
+class Resources(_Model, kw_only=True):
+    """Per-worker resources. ``gpus`` > 0 adds ``nvidia.com/gpu`` limits."""
+
+    gpus: Annotated[int, Meta(ge=0, le=16)] = 0  # GPUs per worker
+    accelerator: Text | None = None  # GKE accelerator type, e.g. nvidia-l4
+    cpu: Text = "4"  # CPU request per worker
+    memory: Text = "16Gi"  # memory request and limit per worker
+    shm_size: Text | None = None  # size of /dev/shm (memory emptyDir)
+
+
+class ModelSpec(_Model, kw_only=True):
+    """The exported model to fine-tune."""
+
+    checkpoint: Text  # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory
+    # classification = backbone, detection = backbone + decoder, full = everything
+    fine_tune_type: FineTuneType = "detection"
+    pipeline_config: Text | None = None  # optional OD-API pipeline.config
+    label_map: Text | None = None  # StringIntLabelMap label_map.pbtxt
+    num_classes: PositiveInt | None = None  # overrides the pipeline.config
+    backbone: Literal["mobilenetv2", "resnet50"] = "mobilenetv2"
+    image_size: Annotated[int, Meta(ge=32, le=2048)] | None = None  # square input size
+
+
+class DataSpec(_Model, kw_only=True):
+    """TFRecords in the TF Object Detection API schema."""
+
+    train: Annotated[list[Text], Meta(min_length=1)]  # globs of training TFRecords
+    eval: list[Text] = msgspec.field(default_factory=list)  # globs of eval TFRecords
+
+
+class Training(_Model, kw_only=True):
+    """Training loop settings; unset values come from the pipeline.config."""
+
+    steps: PositiveInt | None = None
+    global_batch_size: PositiveInt | None = None  # summed over replicas
+    checkpoint_every: PositiveInt = 100
+    keep_checkpoints: PositiveInt = 3
+    learning_rate: Annotated[float, Meta(gt=0)] | None = None
+    warmup_steps: NonNegativeInt | None = None
+    mixed_precision: bool | None = None  # default: on when GPUs are used
+    log_every: PositiveInt = 10
+
+
+class Toleration(_Model, kw_only=True):
+    """A Kubernetes toleration."""
+
+    key: Text | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: Text | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: NonNegativeInt | None = None
+
+
+class Scheduling(_Model, kw_only=True):
+    """Where and how long the job runs, and how often it is retried."""
+
+    node_selector: dict[str, str] = msgspec.field(default_factory=dict)
+    tolerations: list[Toleration] = msgspec.field(default_factory=list)
+    queue: Text | None = None  # Kueue LocalQueue name
+    priority_class: Text | None = None
+    ttl_seconds_after_finished: NonNegativeInt | None = 86400
+    active_deadline_seconds: PositiveInt | None = None
+    retries_per_index: Annotated[int, Meta(ge=0, le=1000)] = 3  # backoffLimitPerIndex
+    termination_grace_period_seconds: Annotated[int, Meta(ge=5)] = 60
+
+
+class Auth(_Model, kw_only=True):
+    """GCS credentials: at most one of the three."""
+
+    gcp_service_account: Text | None = None  # Workload Identity: KSA bound to this GCP SA
+    service_account: Text | None = None  # an existing Kubernetes ServiceAccount
+    key_secret: Text | None = None  # an existing Secret with a key.json entry
+
+
+class JobSpec(_Model, kw_only=True):
+    """A complete, validated fine-tuning job."""
+
+    name: Text  # DNS-1035 label; <name>-<last index> fits 63 characters
+    namespace: Text = "default"
+    profile: Profile = "generic"
+    image: Text
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    workers: Annotated[int, Meta(ge=1, le=1024)] = 2
+    port: Annotated[int, Meta(ge=1024, le=65535)] = contract.DEFAULT_PORT
+    run_dir: Text  # root of run directories; this job's is <runDir>/<name>
+    resources: Resources = msgspec.field(default_factory=Resources)
+    model: ModelSpec
+    data: DataSpec
+    training: Training = msgspec.field(default_factory=Training)
+    scheduling: Scheduling = msgspec.field(default_factory=Scheduling)
+    auth: Auth = msgspec.field(default_factory=Auth)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    command: list[Text] | None = None  # replaces the trainer's command
+    args: list[Text] | None = None  # replaces the trainer's arguments
+
+    @property
+    def replicas(self) -> int:
+        """Synchronous replicas: one per GPU, or one per worker on CPU."""
+        return self.workers * max(self.resources.gpus, 1)
+
+    @property
+    def job_run_dir(self) -> str:
+        """This job's own run directory."""
+        return contract.run_path(self.run_dir, self.name)
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise SpecError(dotted, "is not a valid field path")
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise SpecError(dotted, f"{key!r} is not a mapping")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``2`` is an int)."""
+    out = copy.deepcopy(raw)
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SpecError("--set", f"{item!r} is not key=value")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        _set_path(out, key.strip(), value)
+    return out
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+_MSGSPEC_ERROR = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _spec_error(err: msgspec.ValidationError) -> SpecError:
+    """Turn msgspec's message (``Expected `int`, got `str` - at `$.workers```) into a SpecError."""
+    match = _MSGSPEC_ERROR.match(str(err))
+    assert match is not None  # the pattern matches any text
+    message, path = match["msg"], (match["path"] or "").lstrip(".")
+    field_ref = re.match(r"Object (contains unknown|missing required) field `([^`]+)`", message)
+    if field_ref:
+        path = f"{path}.{field_ref[2]}" if path else field_ref[2]
+        message = "unknown field" if field_ref[1] == "contains unknown" else "is required"
+    elif "matching regex" in message:
+        message = "must not contain newlines or control characters"
+    else:
+        message = message.replace("`", "")
+        message = message[0].lower() + message[1:]
+    return SpecError(path or "spec", message)
+
+
+def _check_names(spec: JobSpec) -> None:
+    names = [("namespace", spec.namespace), ("scheduling.queue", spec.scheduling.queue),
+             ("scheduling.priorityClass", spec.scheduling.priority_class),
+             ("auth.serviceAccount", spec.auth.service_account),
+             ("auth.keySecret", spec.auth.key_secret)]
+    for field_path, value in names:
+        if value is not None and (len(value) > 63 or not DNS1123_LABEL.match(value)):
+            raise SpecError(field_path, f"{value!r} is not a DNS-1123 label (lowercase letters, "
+                            "digits, '-', at most 63 characters)")
+    if not DNS1035_LABEL.match(spec.name):
+        raise SpecError("name", f"{spec.name!r} must start with a letter and contain only "
+                        "lowercase letters, digits and '-' (DNS-1035 label)")
+    longest = f"{spec.name}-{spec.workers - 1}"
+    if len(longest) > 63:
+        raise SpecError("name", f"too long: worker hostname {longest!r} has {len(longest)} "
+                        "characters, the limit is 63")
+
+
+def _check_formats(spec: JobSpec) -> None:
+    if not IMAGE_REF.match(spec.image):
+        raise SpecError("image", f"{spec.image!r} is not a valid image reference")
+    res = spec.resources
+    for field_path, value in (("resources.cpu", res.cpu), ("resources.memory", res.memory),
+                              ("resources.shmSize", res.shm_size)):
+        if value is not None and not QUANTITY.match(value):
+            raise SpecError(field_path, f"{value!r} is not a Kubernetes quantity "
+                            "(e.g. 500m, 4, 16Gi)")
+    for field_path, uri in _uris(spec):
+        problem = _uri_problem(uri)
+        if problem:
+            raise SpecError(field_path, problem)
+    problem = _labels_problem(spec.scheduling.node_selector)
+    if problem:
+        raise SpecError("scheduling.nodeSelector", problem)
+    problem = _env_problem(spec.env)
+    if problem:
+        raise SpecError("env", problem)
+
+
+def _cross_checks(spec: JobSpec) -> None:
+    """Formats and rules that span several fields; each error names the field to change."""
+    _check_names(spec)
+    _check_formats(spec)
+    if spec.profile == "kind":
+        if spec.resources.gpus:
+            raise SpecError("resources.gpus", "the kind profile runs on CPU only; set 0")
+        if spec.resources.accelerator:
+            raise SpecError("resources.accelerator", "the kind profile has no accelerators")
+    if spec.profile == "gke":
+        if spec.resources.gpus and not spec.resources.accelerator:
+            raise SpecError("resources.accelerator", "required on GKE when gpus > 0")
+        for field, uri in _uris(spec):
+            if not uri.startswith("gs://"):
+                raise SpecError(field, f"{uri!r}: pods on GKE cannot read local paths; use gs://")
+    if spec.resources.accelerator and not spec.resources.gpus:
+        raise SpecError("resources.accelerator", "set only together with gpus > 0")
+    batch = spec.training.global_batch_size
+    if batch is not None and batch % spec.replicas:
+        raise SpecError("training.globalBatchSize",
+                        f"{batch} is not divisible by the {spec.replicas} replicas "
+                        f"({spec.workers} workers x {max(spec.resources.gpus, 1)})")
+    auth = spec.auth
+    if sum(x is not None for x in (auth.gcp_service_account, auth.service_account,
+                                   auth.key_secret)) > 1:
+        raise SpecError("auth", "set at most one of gcpServiceAccount, serviceAccount, keySecret")
+    if auth.gcp_service_account and not EMAIL.match(auth.gcp_service_account):
+        raise SpecError("auth.gcpServiceAccount",
+                        f"{auth.gcp_service_account!r} is not NAME@PROJECT.iam.gserviceaccount.com")
+    if spec.training.checkpoint_every and spec.training.steps and \
+            spec.training.checkpoint_every > spec.training.steps:
+        raise SpecError("training.checkpointEvery", "is larger than training.steps")
+
+
+def _uris(spec: JobSpec) -> list[tuple[str, str]]:
+    found = [("runDir", spec.run_dir), ("model.checkpoint", spec.model.checkpoint)]
+    for name in ("pipeline_config", "label_map"):
+        value = getattr(spec.model, name)
+        if value:
+            found.append((f"model.{_camel(name)}", value))
+    found += [(f"data.train[{i}]", u) for i, u in enumerate(spec.data.train)]
+    found += [(f"data.eval[{i}]", u) for i, u in enumerate(spec.data.eval)]
+    return found
+
+
+def build_spec(raw: dict[str, Any], sets: list[str] | None = None,
+               overrides: dict[str, Any] | None = None) -> JobSpec:
+    """Validate a raw spec mapping into a ``JobSpec`` with profile defaults.
+
+    ``sets`` (``key.path=value`` strings) apply over ``raw``, then ``overrides`` (dotted path to
+    value, from CLI flags) over both.
+    """
+    if not isinstance(raw, dict):
+        raise SpecError("spec", "must be a YAML mapping of fields")
+    raw = apply_sets(raw, sets or [])
+    for path, value in (overrides or {}).items():
+        _set_path(raw, path, value)
+    profile = raw.get("profile", "generic")
+    if profile not in PROFILES:
+        raise SpecError("profile", f"{profile!r} is not one of {', '.join(PROFILES)}")
+    merged = _deep_merge(PROFILE_DEFAULTS[profile], raw)
+    try:
+        spec = msgspec.convert(merged, JobSpec, strict=True)
+    except msgspec.ValidationError as err:
+        raise _spec_error(err) from None
+    _cross_checks(spec)
+    return spec
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """Read a spec file as a mapping; YAML errors become one-line ``SpecError``s."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError("spec", f"cannot read {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError("spec", f"{path} is not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError("spec", f"{path} must hold a YAML mapping of fields")
+    return raw
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """Where a spec comes from: an optional file, ``--set`` strings and flag overrides."""
+
+    path: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def load_spec(source: SpecSource) -> JobSpec:
+    """Load and validate a spec: file, then ``--set`` overrides, then flags (later ones win)."""
+    raw = read_spec_file(source.path) if source.path is not None else {}
+    return build_spec(raw, source.sets, source.overrides)
+
+
+def example_spec_text() -> str:
+    """The commented example spec that ``launcher spec init`` writes."""
+    return (Path(__file__).parent / "example-spec.yaml").read_text(encoding="utf-8")
+
+
+def dump_spec(spec: JobSpec) -> str:
+    """The resolved spec as YAML, as stored in the run directory."""
+    return yaml.safe_dump(to_data(spec), sort_keys=False)
+
+
+def to_data(section: msgspec.Struct) -> Any:
+    """A spec (or section) as plain camelCase data, without unset optional fields."""
+    return _drop_none(msgspec.to_builtins(section))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
