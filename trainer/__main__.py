@@ -1,0 +1,50 @@
+"""``python -m trainer``: the process that runs in every pod (and every run-local worker).
+
+Exit codes follow ``launcher.contract``: 0 done, 1 user error, 42 preempted/retryable, 43 peer lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from launcher import contract
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Configure, join the cluster, train; map failures to the contract's exit codes."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Model Garden is built on tf-keras
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("trainer")
+    from trainer import cluster as cluster_mod
+    from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
+    from trainer.storage import Storage, StorageError
+
+    try:
+        cfg, pipeline_config = from_args(sys.argv[1:] if argv is None else argv,
+                                         dict(os.environ))
+        if pipeline_config:
+            raise ConfigError("--pipeline-config: reading OD-API pipeline.config files is not "
+                              "supported yet; pass the fields as flags")
+        info = cluster_mod.from_env()
+        storage = Storage()
+        labels = None
+        if cfg.label_map:
+            labels = parse_label_map(storage.read_text(cfg.label_map), cfg.label_map)
+        num_classes = resolve_num_classes(cfg, labels)
+        if info.workers:
+            cluster_mod.wait_for_peers(info)
+            cluster_mod.export_tf_config(info)
+        from trainer.train import train
+
+        return train(cfg, info, num_classes, storage)
+    except (ConfigError, StorageError, cluster_mod.ClusterError) as err:
+        log.error("error: %s", err)
+        return contract.EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Publishing checkpoints to the run directory and finding them again.
+
+A checkpoint ``ckpt-<step>`` is published atomically for readers: its data files are uploaded
+first, its index next, and ``checkpoints/LATEST`` (holding the step) last. Readers trust only the
+step named by ``LATEST``; anything else is an upload in progress or an interrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from launcher import contract
+from trainer.storage import Storage, StorageError, is_gcs, join
+
+log = logging.getLogger(__name__)
+CKPT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)$")
+
+
+def checkpoints_dir(run_dir: str) -> str:
+    """Where published checkpoints live."""
+    return join(run_dir, contract.RUN_CHECKPOINTS)
+
+
+def latest_step(storage: Storage, run_dir: str) -> int | None:
+    """The step of the newest complete checkpoint in ``run_dir``, or None."""
+    pointer = join(run_dir, contract.RUN_CHECKPOINT_POINTER)
+    try:
+        text = storage.read_text(pointer).strip()
+    except StorageError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def resolve_prefix(storage: Storage, uri: str) -> str:
+    """A checkpoint given as a prefix (``…/ckpt-5``), a run directory or a ``checkpoints/`` dir."""
+    for base in (uri, join(uri, contract.RUN_CHECKPOINTS)):
+        pointer = join(base, "LATEST")
+        if storage.exists(pointer):
+            step = storage.read_text(pointer).strip()
+            return join(base, f"ckpt-{step}")
+    if not is_gcs(uri) and Path(uri).is_dir():
+        import tensorflow as tf
+
+        found = tf.train.latest_checkpoint(uri)
+        if found:
+            return found
+    return uri
+
+
+def stage(storage: Storage, prefix: str, dest: Path) -> str:
+    """Download the files of checkpoint ``prefix``; return the local prefix to restore from."""
+    parent, _, stem = prefix.rstrip("/").rpartition("/")
+    files = [u for u in storage.glob(join(parent, stem + ".*"))
+             if u.endswith(".index") or ".data-" in u]
+    if not any(u.endswith(".index") for u in files):
+        raise StorageError(f"checkpoint {prefix}: no {stem}.index found")
+    storage.download_many(files, dest)
+    return str(dest / stem)
+
+
+class Publisher:
+    """Uploads checkpoints from the chief in the background while training goes on."""
+
+    def __init__(self, storage: Storage, run_dir: str, keep: int) -> None:
+        self.storage = storage
+        self.target = checkpoints_dir(run_dir)
+        self.run_dir = run_dir
+        self.keep = keep
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+        self._pending: list[Future[None]] = []
+        self._staging = Path(tempfile.mkdtemp(prefix="publish-"))
+
+    def publish(self, local_prefix: str, step: int, extra_dirs: dict[str, Path] | None = None
+                ) -> Future[None]:
+        """Snapshot ``local_prefix``'s files now and upload them as ``ckpt-<step>`` later."""
+        snap = self._staging / str(step)
+        snap.mkdir(parents=True, exist_ok=True)
+        local = Path(local_prefix)
+        files = []
+        for path in local.parent.glob(local.name + ".*"):
+            suffix = path.name[len(local.name) + 1:]
+            if suffix == "index" or suffix.startswith("data-"):
+                copy = snap / f"ckpt-{step}.{suffix}"
+                try:
+                    os.link(path, copy)  # cheap, and safe if TF deletes the original later
+                except OSError:
+                    shutil.copyfile(path, copy)
+                files.append(copy)
+        future = self._pool.submit(self._upload, files, step, dict(extra_dirs or {}), snap)
+        self._pending.append(future)
+        return future
+
+    def _upload(self, files: list[Path], step: int, extra_dirs: dict[str, Path],
+                snap: Path) -> None:
+        data = [(f, join(self.target, f.name)) for f in files if ".data-" in f.name]
+        index = [(f, join(self.target, f.name)) for f in files if f.name.endswith(".index")]
+        self.storage.upload_many(data)
+        self.storage.upload_many(index)
+        self.storage.write_text(join(self.run_dir, contract.RUN_CHECKPOINT_POINTER), f"{step}\n")
+        for name, directory in extra_dirs.items():
+            self.storage.upload_many([(p, join(self.run_dir, name,
+                                               str(p.relative_to(directory))))
+                                      for p in directory.rglob("*") if p.is_file()])
+        shutil.rmtree(snap, ignore_errors=True)
+        self._prune(step)
+        log.info("published checkpoint ckpt-%d to %s", step, self.target)
+
+    def _prune(self, newest: int) -> None:
+        steps: dict[int, list[str]] = {}
+        for uri in self.storage.list_prefix(self.target):
+            match = CKPT_FILE.search(uri)
+            if match:
+                steps.setdefault(int(match[1]), []).append(uri)
+        keep = sorted(s for s in steps if s <= newest)[-self.keep:]
+        for step, uris in steps.items():
+            if step not in keep and step < newest:
+                for uri in sorted(uris, key=lambda u: not u.endswith(".index")):
+                    self.storage.delete(uri)  # index first: a half-deleted one is unreadable
+
+    def wait(self) -> None:
+        """Block until every upload has finished; re-raise the first failure."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        """Finish uploads and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+            shutil.rmtree(self._staging, ignore_errors=True)

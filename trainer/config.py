@@ -1,0 +1,151 @@
+"""The trainer's configuration: command-line flags (rendered by the launcher) and the label map.
+
+The label map is a ``StringIntLabelMap`` in protobuf text format, parsed with protobuf's own
+``text_format`` against a minimal schema, so comments, quoting styles and unknown fields
+(``display_name``, keypoints, ...) behave exactly as in the Object Detection API.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from launcher import contract
+
+
+class ConfigError(Exception):
+    """A user error in the trainer's configuration: exit code 1."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs."""
+
+    run_dir: str
+    train: list[str]
+    checkpoint: str | None = None
+    fine_tune_type: str = "detection"
+    backbone: str = "mobilenetv2"
+    model_size: str = "standard"
+    eval: list[str] = field(default_factory=list)
+    label_map: str | None = None
+    num_classes: int | None = None
+    image_size: int = 256
+    steps: int = 1000
+    global_batch_size: int = 8
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    learning_rate: float = 0.02
+    warmup_steps: int = 0
+    log_every: int = 10
+    mixed_precision: bool | None = None
+    seed: int = 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """Flags of ``python -m trainer``; the launcher renders them (``launcher.render``)."""
+    p = argparse.ArgumentParser(prog="python -m trainer",
+                                description="Fine-tune RetinaNet under MultiWorkerMirroredStrategy")
+    p.add_argument("--run-dir", default=None, help=f"default: ${contract.ENV_RUN_DIR}")
+    p.add_argument("--checkpoint", default=None, help="fine-tune from here; none: from scratch")
+    p.add_argument("--fine-tune-type", choices=["classification", "detection", "full"],
+                   default="detection")
+    p.add_argument("--backbone", choices=["mobilenetv2", "resnet50"], default="mobilenetv2")
+    p.add_argument("--model-size", choices=["standard", "tiny"], default="standard")
+    p.add_argument("--train", action="append", default=[], help="TFRecord glob (repeatable)")
+    p.add_argument("--eval", action="append", default=[], help="TFRecord glob (repeatable)")
+    p.add_argument("--label-map", default=None)
+    p.add_argument("--pipeline-config", default=None)
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--global-batch-size", type=int, default=8)
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--keep-checkpoints", type=int, default=3)
+    p.add_argument("--learning-rate", type=float, default=0.02)
+    p.add_argument("--warmup-steps", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def from_args(argv: list[str], env: dict[str, str]) -> tuple[TrainConfig, str | None]:
+    """Parse flags into a ``TrainConfig`` (and the pipeline.config URI, if any)."""
+    try:
+        ns = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the reason
+        raise ConfigError("invalid command-line arguments") from exc
+    run_dir = ns.run_dir or env.get(contract.ENV_RUN_DIR)
+    if not run_dir:
+        raise ConfigError(f"--run-dir: required (or set {contract.ENV_RUN_DIR})")
+    if not ns.train:
+        raise ConfigError("--train: at least one TFRecord glob is required")
+    for name in ("steps", "global_batch_size", "checkpoint_every", "keep_checkpoints",
+                 "log_every", "image_size"):
+        if getattr(ns, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1")
+    if ns.image_size % 32:
+        raise ConfigError("--image-size: must be a multiple of 32")
+    cfg = TrainConfig(
+        run_dir=run_dir, train=ns.train, checkpoint=ns.checkpoint,
+        fine_tune_type=ns.fine_tune_type, backbone=ns.backbone, model_size=ns.model_size,
+        eval=ns.eval, label_map=ns.label_map, num_classes=ns.num_classes,
+        image_size=ns.image_size, steps=ns.steps, global_batch_size=ns.global_batch_size,
+        checkpoint_every=ns.checkpoint_every, keep_checkpoints=ns.keep_checkpoints,
+        learning_rate=ns.learning_rate, warmup_steps=ns.warmup_steps, log_every=ns.log_every,
+        mixed_precision=ns.mixed_precision, seed=ns.seed)
+    return cfg, ns.pipeline_config
+
+
+def _label_map_class():  # -> type[Message]
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="tf_finetune_label_map.proto",
+                                               package="tf_finetune")
+    item = proto.message_type.add(name="StringIntLabelMapItem")
+    opt = descriptor_pb2.FieldDescriptorProto
+    item.field.add(name="name", number=1, type=opt.TYPE_STRING, label=opt.LABEL_OPTIONAL)
+    item.field.add(name="id", number=2, type=opt.TYPE_INT32, label=opt.LABEL_OPTIONAL)
+    item.field.add(name="display_name", number=3, type=opt.TYPE_STRING, label=opt.LABEL_OPTIONAL)
+    label_map = proto.message_type.add(name="StringIntLabelMap")
+    label_map.field.add(name="item", number=1, type=opt.TYPE_MESSAGE, label=opt.LABEL_REPEATED,
+                        type_name=".tf_finetune.StringIntLabelMapItem")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(
+        "tf_finetune.StringIntLabelMap"))
+
+
+def parse_label_map(text: str, source: str = "label map") -> dict[int, str]:
+    """``{id: name}`` from a ``StringIntLabelMap``; ids must be unique and >= 1."""
+    from google.protobuf import text_format
+
+    message = _label_map_class()()
+    try:
+        text_format.Parse(text, message, allow_unknown_field=True)
+    except text_format.ParseError as err:
+        raise ConfigError(f"{source}: not a StringIntLabelMap: {err}") from None
+    labels: dict[int, str] = {}
+    for item in message.item:
+        if item.id < 1:
+            raise ConfigError(f"{source}: id {item.id} of {item.name!r} must be >= 1 "
+                              "(0 is the background)")
+        if item.id in labels:
+            raise ConfigError(f"{source}: id {item.id} appears twice")
+        labels[item.id] = item.display_name or item.name
+    if not labels:
+        raise ConfigError(f"{source}: has no items")
+    return labels
+
+
+def resolve_num_classes(cfg: TrainConfig, labels: dict[int, str] | None) -> int:
+    """Model classes including background (Model Garden counts it): max label id + 1."""
+    if labels is None:
+        if cfg.num_classes is None:
+            raise ConfigError("--num-classes or --label-map is required")
+        return cfg.num_classes + 1
+    if cfg.num_classes is not None and cfg.num_classes != len(labels):
+        raise ConfigError(f"--num-classes {cfg.num_classes} does not match the label map's "
+                          f"{len(labels)} classes")
+    return max(labels) + 1

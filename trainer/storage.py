@@ -1,0 +1,167 @@
+"""Files in ``gs://`` (through google-cloud-storage, so ``STORAGE_EMULATOR_HOST`` works) or on local
+disk, behind one small interface: glob, parallel download, upload, small text reads and writes."""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import os
+import re
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class StorageError(Exception):
+    """A missing object or an unusable URI; the trainer reports it as a user error."""
+
+
+def is_gcs(uri: str) -> bool:
+    """Whether ``uri`` names a GCS object or prefix."""
+    return uri.startswith("gs://")
+
+
+def split_gcs(uri: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri!r} has no bucket")
+    return bucket, name
+
+
+def join(base: str, *parts: str) -> str:
+    """Join a URI or path with parts using ``/``."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@dataclass
+class Storage:
+    """GCS and local files. The GCS client is created on first use (it reads credentials)."""
+
+    parallelism: int = 8
+    _client: Any = field(default=None, repr=False)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from google.cloud import storage
+
+            if os.environ.get("STORAGE_EMULATOR_HOST"):
+                from google.auth.credentials import AnonymousCredentials
+
+                self._client = storage.Client(credentials=AnonymousCredentials(),
+                                              project="local")
+            else:
+                self._client = storage.Client()
+        return self._client
+
+    def glob(self, pattern: str) -> list[str]:
+        """Sorted URIs matching ``pattern`` (``*``, ``?``, ``[..]`` in the object part)."""
+        if not is_gcs(pattern):
+            return sorted(globlib.glob(pattern))
+        bucket, name = split_gcs(pattern)
+        match = GLOB_CHARS.search(name)
+        prefix = name[:match.start()] if match else name
+        blobs = self.client.list_blobs(bucket, prefix=prefix)
+        names = [b.name for b in blobs]
+        if match is None:
+            return [f"gs://{bucket}/{name}"] if name in names else []
+        return sorted(f"gs://{bucket}/{n}" for n in names if fnmatch.fnmatchcase(n, name))
+
+    def list_prefix(self, prefix: str) -> list[str]:
+        """URIs of every object or file under ``prefix`` (a directory), sorted."""
+        if not is_gcs(prefix):
+            root = Path(prefix)
+            return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        bucket, name = split_gcs(prefix)
+        name = name.rstrip("/") + "/" if name else ""
+        return sorted(f"gs://{bucket}/{b.name}" for b in self.client.list_blobs(bucket,
+                                                                                  prefix=name))
+
+    def exists(self, uri: str) -> bool:
+        """Whether the object or file exists."""
+        if not is_gcs(uri):
+            return Path(uri).exists()
+        bucket, name = split_gcs(uri)
+        return self.client.bucket(bucket).blob(name).exists()
+
+    def read_text(self, uri: str) -> str:
+        """Contents of a small text object; ``StorageError`` if it is missing."""
+        try:
+            if not is_gcs(uri):
+                return Path(uri).read_text(encoding="utf-8")
+            bucket, name = split_gcs(uri)
+            return self.client.bucket(bucket).blob(name).download_as_text()
+        except (FileNotFoundError, IsADirectoryError) as err:
+            raise StorageError(f"{uri}: not found") from err
+        except Exception as err:
+            if type(err).__name__ == "NotFound":
+                raise StorageError(f"{uri}: not found") from err
+            raise
+
+    def write_text(self, uri: str, text: str) -> None:
+        """Write a small text object in one request (atomic on GCS and via rename locally)."""
+        if is_gcs(uri):
+            bucket, name = split_gcs(uri)
+            self.client.bucket(bucket).blob(name).upload_from_string(text)
+            return
+        path = Path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+
+    def download(self, uri: str, dest: Path) -> Path:
+        """Copy one object or file to ``dest``."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not is_gcs(uri):
+            if not Path(uri).is_file():
+                raise StorageError(f"{uri}: not found")
+            shutil.copyfile(uri, dest)
+            return dest
+        bucket, name = split_gcs(uri)
+        try:
+            self.client.bucket(bucket).blob(name).download_to_filename(str(dest))
+        except Exception as err:
+            if type(err).__name__ == "NotFound":
+                dest.unlink(missing_ok=True)
+                raise StorageError(f"{uri}: not found") from err
+            raise
+        return dest
+
+    def download_many(self, uris: list[str], dest_dir: Path) -> list[Path]:
+        """Download in parallel, keeping file names; returns the local paths in input order."""
+        targets = [dest_dir / uri.rstrip("/").rsplit("/", 1)[-1] for uri in uris]
+        with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
+            return list(pool.map(self.download, uris, targets))
+
+    def upload(self, src: Path, uri: str) -> None:
+        """Copy a local file to ``uri``."""
+        if is_gcs(uri):
+            bucket, name = split_gcs(uri)
+            self.client.bucket(bucket).blob(name).upload_from_filename(str(src))
+            return
+        dest = Path(uri)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+
+    def upload_many(self, pairs: list[tuple[Path, str]]) -> None:
+        """Upload ``(local file, uri)`` pairs in parallel."""
+        with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
+            list(pool.map(lambda pair: self.upload(*pair), pairs))
+
+    def delete(self, uri: str) -> None:
+        """Delete one object or file if it exists."""
+        if not is_gcs(uri):
+            Path(uri).unlink(missing_ok=True)
+            return
+        bucket, name = split_gcs(uri)
+        blob = self.client.bucket(bucket).blob(name)
+        if blob.exists():
+            blob.delete()
