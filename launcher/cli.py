@@ -184,6 +184,31 @@ def validate(spec_source: Any, k8s_version: K8sVersion = "1.34") -> None:
                f"valid for Kubernetes {k8s_version}")
 
 
+@app.command("run-local")
+@with_spec_options
+def run_local(
+    spec_source: Any,
+    grace: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        "--grace", help="seconds workers get to exit after a peer failed or on Ctrl-C; "
+        "default: scheduling.terminationGracePeriodSeconds")] = None,
+) -> None:
+    """Run the rendered Job as local processes on 127.0.0.1: no cluster needed.
+
+    Worker output is prefixed with its index; exit codes 42/43 restart the whole group within
+    the retry budget, exit code 1 stops every worker.
+    """
+    from launcher import api, contract
+
+    try:
+        spec = api.run_local(spec_source, grace=grace)
+    except LauncherError as err:
+        raise fail(err) from None
+    run_dir = spec.job_run_dir
+    typer.echo(f"done: {spec.name} ({spec.workers} workers)\n"
+               f"  checkpoints: {contract.run_path(run_dir, contract.RUN_CHECKPOINTS)}\n"
+               f"  summaries:   {contract.run_path(run_dir, contract.RUN_SUMMARIES)}")
+
+
 @spec_app.command("init")
 def spec_init(
     path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045

@@ -52,7 +52,8 @@ def trainer_args(spec: JobSpec) -> list[str]:
     """Command-line arguments of ``python -m trainer`` for this spec (see ``trainer.cli``)."""
     m, t = spec.model, spec.training
     args = ["--run-dir", spec.job_run_dir, "--checkpoint", m.checkpoint,
-            "--fine-tune-type", m.fine_tune_type, "--backbone", m.backbone]
+            "--fine-tune-type", m.fine_tune_type, "--backbone", m.backbone,
+            "--model-size", m.size]
     optional: list[tuple[str, Any]] = [
         ("--pipeline-config", m.pipeline_config), ("--label-map", m.label_map),
         ("--num-classes", m.num_classes), ("--image-size", m.image_size),

@@ -127,6 +127,8 @@ class ModelSpec(_Model, kw_only=True):
     label_map: Text | None = None  # StringIntLabelMap label_map.pbtxt
     num_classes: PositiveInt | None = None  # overrides the pipeline.config
     backbone: Literal["mobilenetv2", "resnet50"] = "mobilenetv2"
+    # standard: the published architecture; tiny: a narrow one for CPU demos and tests
+    size: Literal["standard", "tiny"] = "standard"
     image_size: Annotated[int, Meta(ge=32, le=2048)] | None = None  # square input size
 
 

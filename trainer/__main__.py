@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("tensorflow", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("trainer")
     from trainer import cluster as cluster_mod
     from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes

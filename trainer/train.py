@@ -233,6 +233,9 @@ def train(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
                     save(step)
         if publisher is not None:
             publisher.close()
+    except tf.errors.DataLossError as err:
+        raise ConfigError(f"corrupt TFRecord in this worker's shards: "
+                          f"{str(err).splitlines()[0][:200]}") from None
     except tf.errors.OpError as err:
         if _is_peer_loss(err):
             log.error("a peer was lost at step %d: %s", step, str(err).splitlines()[0][:200])
