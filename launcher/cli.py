@@ -209,6 +209,43 @@ def run_local(
                f"  summaries:   {contract.run_path(run_dir, contract.RUN_SUMMARIES)}")
 
 
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option("--dir", help="where data, runs and logs go")] = Path(
+        "demo-run"),
+) -> None:
+    """Fine-tune a detector end to end on this machine: no cluster, no cloud account.
+
+    Makes a synthetic OD-API data set, pre-trains a base model, fine-tunes it with 2 local
+    workers (the same Job [bold]run-local[/] runs) and compares with training from scratch.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from launcher.demo import DemoSettings, run_demo, summary
+
+    columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as progress:
+        current: list[Any] = []
+
+        def stage(title: str, total: int) -> Callable[[int, int], None]:
+            for task in current:
+                progress.update(task, completed=progress.tasks[task].total)
+            task = progress.add_task(title, total=total)
+            current.append(task)
+            return lambda done, _total: progress.update(task, completed=done)
+
+        try:
+            result = run_demo(workdir.resolve(), DemoSettings(), stage)
+        except LauncherError as err:
+            progress.stop()
+            typer.echo(f"(worker logs: {workdir / 'logs'})", err=True)
+            raise fail(err) from None
+        for task in current:
+            progress.update(task, completed=progress.tasks[task].total)
+    typer.echo(summary(result))
+
+
 @spec_app.command("init")
 def spec_init(
     path: Annotated[Optional[Path], typer.Argument(  # noqa: UP045

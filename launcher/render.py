@@ -65,6 +65,8 @@ def trainer_args(spec: JobSpec) -> list[str]:
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]
+    if not t.export:
+        args.append("--no-export")
     if t.mixed_precision is not None:
         args.append("--mixed-precision" if t.mixed_precision else "--no-mixed-precision")
     for pattern in spec.data.train:

@@ -150,6 +150,7 @@ class Training(_Model, kw_only=True):
     warmup_steps: NonNegativeInt | None = None
     mixed_precision: bool | None = None  # default: on when GPUs are used
     log_every: PositiveInt = 10
+    export: bool = True  # export a SavedModel at the end
 
 
 class Toleration(_Model, kw_only=True):

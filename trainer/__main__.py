@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster_mod.export_tf_config(info)
         from trainer.train import train
 
-        return train(cfg, info, num_classes, storage)
+        return train(cfg, info, labels, num_classes, storage)
     except (ConfigError, StorageError, cluster_mod.ClusterError) as err:
         log.error("error: %s", err)
         return contract.EXIT_USER_ERROR

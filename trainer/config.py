@@ -39,6 +39,7 @@ class TrainConfig:
     warmup_steps: int = 0
     log_every: int = 10
     mixed_precision: bool | None = None
+    export: bool = True
     seed: int = 0
 
 
@@ -66,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
+                   help="export a SavedModel at the end")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -94,7 +97,7 @@ def from_args(argv: list[str], env: dict[str, str]) -> tuple[TrainConfig, str | 
         image_size=ns.image_size, steps=ns.steps, global_batch_size=ns.global_batch_size,
         checkpoint_every=ns.checkpoint_every, keep_checkpoints=ns.keep_checkpoints,
         learning_rate=ns.learning_rate, warmup_steps=ns.warmup_steps, log_every=ns.log_every,
-        mixed_precision=ns.mixed_precision, seed=ns.seed)
+        mixed_precision=ns.mixed_precision, export=ns.export, seed=ns.seed)
     return cfg, ns.pipeline_config
 
 
@@ -133,7 +136,7 @@ def parse_label_map(text: str, source: str = "label map") -> dict[int, str]:
                               "(0 is the background)")
         if item.id in labels:
             raise ConfigError(f"{source}: id {item.id} appears twice")
-        labels[item.id] = item.display_name or item.name
+        labels[item.id] = item.name or item.display_name
     if not labels:
         raise ConfigError(f"{source}: has no items")
     return labels

@@ -35,24 +35,30 @@ def _png(pixels: np.ndarray) -> bytes:
     return tf.io.encode_png(pixels).numpy()
 
 
-def make_image(rng: np.random.Generator, size: int, classes: list[int],
-               max_boxes: int = 3) -> tuple[np.ndarray, list[Box]]:
-    """An RGB image of noise with 0..max_boxes rectangles of the given classes."""
+Palette = dict[int, tuple[str, tuple[int, int, int]]]
+
+
+def make_image(rng: np.random.Generator, size: int, classes: list[int], max_boxes: int = 3,
+               palette: Palette | None = None) -> tuple[np.ndarray, list[Box]]:
+    """An RGB image of noise with 1..max_boxes rectangles of the given classes."""
+    palette = palette or CLASSES
     pixels = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
     boxes: list[Box] = []
     for _ in range(int(rng.integers(1, max_boxes + 1))):
         h, w = rng.integers(size // 5, size // 2, size=2)
         y, x = rng.integers(0, size - h), rng.integers(0, size - w)
         label = int(rng.choice(classes))
-        pixels[y:y + h, x:x + w] = CLASSES[label][1]
+        pixels[y:y + h, x:x + w] = palette[label][1]
         boxes.append(Box(y / size, x / size, (y + h) / size, (x + w) / size, label))
     return pixels, boxes
 
 
-def tf_example(pixels: np.ndarray, boxes: list[Box], key: str, fmt: str = "png") -> bytes:
+def tf_example(pixels: np.ndarray, boxes: list[Box], key: str, fmt: str = "png",
+               palette: Palette | None = None) -> bytes:
     """Serialise one image and its boxes as an OD-API ``tf.train.Example``."""
     import tensorflow as tf
 
+    palette = palette or CLASSES
     encoded = _png(pixels) if fmt == "png" else tf.io.encode_jpeg(pixels).numpy()
 
     def floats(values: list[float]) -> tf.train.Feature:
@@ -77,7 +83,7 @@ def tf_example(pixels: np.ndarray, boxes: list[Box], key: str, fmt: str = "png")
         "image/object/bbox/ymax": floats([b.ymax for b in boxes]),
         "image/object/bbox/xmax": floats([b.xmax for b in boxes]),
         "image/object/class/label": ints([b.label for b in boxes]),
-        "image/object/class/text": strings([CLASSES[b.label][0].encode() for b in boxes]),
+        "image/object/class/text": strings([palette[b.label][0].encode() for b in boxes]),
         "image/object/is_crowd": ints([0] * len(boxes)),
         "image/object/area": floats([(b.ymax - b.ymin) * (b.xmax - b.xmin) * h * w
                                      for b in boxes]),
@@ -86,7 +92,8 @@ def tf_example(pixels: np.ndarray, boxes: list[Box], key: str, fmt: str = "png")
 
 
 def write_dataset(out_dir: Path, prefix: str, shards: int, per_shard: int, size: int,
-                  classes: list[int], seed: int = 0) -> list[Path]:
+                  classes: list[int], seed: int = 0, palette: Palette | None = None
+                  ) -> list[Path]:
     """Write ``shards`` TFRecord files named like the OD API's ``prefix-00000-of-00004``."""
     import tensorflow as tf
 
@@ -97,15 +104,37 @@ def write_dataset(out_dir: Path, prefix: str, shards: int, per_shard: int, size:
         path = out_dir / f"{prefix}-{shard:05d}-of-{shards:05d}.tfrecord"
         with tf.io.TFRecordWriter(str(path)) as writer:
             for i in range(per_shard):
-                pixels, boxes = make_image(rng, size, classes)
-                writer.write(tf_example(pixels, boxes, f"{prefix}-{shard}-{i}"))
+                pixels, boxes = make_image(rng, size, classes, palette=palette)
+                writer.write(tf_example(pixels, boxes, f"{prefix}-{shard}-{i}",
+                                        palette=palette))
         paths.append(path)
     return paths
 
 
-def label_map_text(classes: list[int]) -> str:
+def label_map_text(classes: list[int], palette: Palette | None = None) -> str:
     """A ``StringIntLabelMap`` in protobuf text format."""
-    items = [f"item {{\n  id: {c}\n  name: '{CLASSES[c][0]}'\n}}\n" for c in classes]
+    palette = palette or CLASSES
+    items = [f"item {{\n  id: {c}\n  name: '{palette[c][0]}'\n}}\n" for c in classes]
     return "".join(items)
+
+
+# The demo: pre-train on red/green boxes, fine-tune on blue/yellow ones (new classes, same task).
+DEMO_PRETRAIN: Palette = {1: CLASSES[1], 2: CLASSES[2]}
+DEMO_FINETUNE: Palette = {1: CLASSES[3], 2: CLASSES[4]}
+
+
+def write_demo(root: Path, size: int = 64) -> None:
+    """The demo's data: ``pretrain/``, ``finetune/`` and ``eval/`` TFRecords with label maps."""
+    sets = [("pretrain", "train", DEMO_PRETRAIN, 4, 32, 1), ("finetune", "train", DEMO_FINETUNE,
+            4, 16, 2), ("eval", "val", DEMO_FINETUNE, 1, 16, 3)]
+    for folder, prefix, palette, shards, per_shard, seed in sets:
+        write_dataset(root / folder, prefix, shards, per_shard, size, [1, 2], seed, palette)
+        (root / folder / "label_map.pbtxt").write_text(label_map_text([1, 2], palette))
+
+
+if __name__ == "__main__":
+    import sys
+
+    write_demo(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 64)
 
 

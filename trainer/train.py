@@ -1,20 +1,21 @@
 """Fine-tune Model Garden RetinaNet with a custom loop under MultiWorkerMirroredStrategy.
 
-The loop is ours (Keras 3 ``model.fit`` crashes under MWMS, keras-team/keras#20585); the model,
-input pipeline (OD-API TFRecord decoder, resize, flip, anchor labelling) and losses are Model
-Garden's ``RetinaNetTask``. Checkpoints are written locally every N steps and published to the run
-directory in the background; SIGTERM becomes a coordinated save (``PreemptionCheckpointHandler``),
-then exit 42.
+The loop is ours (Keras 3 ``model.fit`` crashes under MWMS, keras-team/keras#20585); the model and
+losses are Model Garden's ``RetinaNetTask``, the input pipeline ``trainer.data``. Checkpoints are
+written locally every N steps and published to the run directory in the background; SIGTERM
+becomes a coordinated save (``PreemptionCheckpointHandler``), then exit 42. At the end the chief
+evaluates (COCO metrics), writes ``eval/metrics.json`` and exports a SavedModel.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from launcher import contract
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
-from trainer.storage import Storage
+from trainer.storage import Storage, StorageError, join
 
 log = logging.getLogger("trainer")
 
@@ -35,39 +36,46 @@ class Staged:
     """What this worker pulled to local disk."""
 
     train_files: list[Path]
-    init_checkpoint: str | None  # local prefix to fine-tune from
-    resume_checkpoint: str | None  # local prefix of the run's own newest checkpoint
-    resume_step: int
+    eval_files: list[Path] = field(default_factory=list)
+    init_checkpoint: str | None = None  # local prefix to fine-tune from
+    resume_checkpoint: str | None = None  # local prefix of the run's own newest checkpoint
+    resume_step: int = 0
+
+
+def _expand(storage: Storage, patterns: list[str], flag: str) -> list[str]:
+    files: list[str] = []
+    for pattern in patterns:
+        matched = storage.glob(pattern)
+        if not matched:
+            raise ConfigError(f"{flag} {pattern}: matches no file")
+        files += matched
+    return sorted(set(files))
 
 
 def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo,
                  scratch: Path) -> Staged:
-    """Pull this worker's TFRecord shards and the checkpoint to start from."""
-    files: list[str] = []
-    for pattern in cfg.train:
-        matched = storage.glob(pattern)
-        if not matched:
-            raise ConfigError(f"--train {pattern}: matches no file")
-        files += matched
+    """Pull this worker's TFRecord shards (eval files on the chief) and the start checkpoint."""
+    files = _expand(storage, cfg.train, "--train")
     workers = max(cluster.num_workers, 1)
     if len(files) < workers:
         raise ConfigError(f"--train: {len(files)} TFRecord files for {workers} workers; "
                           "each worker needs at least one shard")
-    mine = sorted(set(files))[cluster.index::workers]
-    train_files = storage.download_many(mine, scratch / "train")
+    staged = Staged(storage.download_many(files[cluster.index::workers], scratch / "train"))
+    if cfg.eval and cluster.is_chief:
+        staged.eval_files = storage.download_many(_expand(storage, cfg.eval, "--eval"),
+                                                  scratch / "eval")
     resume_step = checkpoints.latest_step(storage, cfg.run_dir)
     if resume_step is not None:
-        prefix = checkpoints.join(checkpoints.checkpoints_dir(cfg.run_dir), f"ckpt-{resume_step}")
-        local = checkpoints.stage(storage, prefix, scratch / "resume")
-        return Staged(train_files, None, local, resume_step)
-    init = None
-    if cfg.checkpoint:
-        prefix = checkpoints.resolve_prefix(storage, cfg.checkpoint)
+        prefix = join(checkpoints.checkpoints_dir(cfg.run_dir), f"ckpt-{resume_step}")
+        staged.resume_checkpoint = checkpoints.stage(storage, prefix, scratch / "resume")
+        staged.resume_step = resume_step
+    elif cfg.checkpoint:
         try:
-            init = checkpoints.stage(storage, prefix, scratch / "init")
-        except checkpoints.StorageError as err:
+            prefix = checkpoints.resolve_prefix(storage, cfg.checkpoint)
+            staged.init_checkpoint = checkpoints.stage(storage, prefix, scratch / "init")
+        except StorageError as err:
             raise ConfigError(f"--checkpoint: {err}") from None
-    return Staged(train_files, init, None, 0)
+    return staged
 
 
 def task_config(cfg: TrainConfig, num_classes: int, train_glob: str) -> Any:
@@ -147,21 +155,59 @@ def _is_peer_loss(err: BaseException) -> bool:
     return type(err).__name__ in PEER_ERRORS or "ollective" in str(err)[:2000]
 
 
-def train(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Storage) -> int:
-    """Run the job; returns the process exit code (see ``launcher.contract``)."""
+@dataclass
+class Run:
+    """The objects one training run works with."""
+
+    cfg: TrainConfig
+    cluster: ClusterInfo
+    storage: Storage
+    strategy: Any
+    task: Any
+    model: Any
+    optimizer: Any
+    metrics: list[Any]
+    manager: Any
+    publisher: checkpoints.Publisher | None
+    scratch: Path
+    last_logs: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    def save(self) -> None:
+        """Save locally (every worker takes part) and publish from the chief."""
+        step = self.step
+        self.manager.save(checkpoint_number=step)
+        if self.publisher is not None:
+            self.publisher.publish(self.manager.latest_checkpoint, step,
+                                   {contract.RUN_SUMMARIES: self.scratch / "summaries"})
+
+    def on_preempted(self) -> None:
+        """After the handler's coordinated save: finish the upload, then exit 42."""
+        step = self.step
+        log.warning("preempted: checkpoint of step %d saved; finishing the upload", step)
+        if self.publisher is not None and self.manager.latest_checkpoint:
+            self.publisher.publish(self.manager.latest_checkpoint, step)
+            self.publisher.close()
+        sys.exit(contract.EXIT_RETRYABLE)
+
+
+def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Storage,
+          staged: Staged, scratch: Path) -> Run:
+    """Strategy, model, optimizer and checkpoint, restored from where this run starts."""
     import tensorflow as tf
     import tf_keras
     from official.vision.tasks import retinanet as rtask
 
-    scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
-    staged = stage_inputs(cfg, storage, cluster, scratch)
     strategy = make_strategy(cluster)
     replicas = strategy.num_replicas_in_sync
     if cfg.global_batch_size % replicas:
         raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
                           f"the {replicas} replicas")
     gpus = tf.config.list_physical_devices("GPU")
-    mixed = bool(gpus) if cfg.mixed_precision is None else cfg.mixed_precision and bool(gpus)
+    mixed = bool(gpus) and cfg.mixed_precision is not False
     if mixed:
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
     task = rtask.RetinaNetTask(task_config(cfg, num_classes, str(scratch / "train" / "*")))
@@ -179,88 +225,134 @@ def train(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
             log.info("fine-tuning (%s) from %s", cfg.fine_tune_type, cfg.checkpoint)
         else:
             log.info("training from scratch")
-    dataset = strategy.distribute_datasets_from_function(
-        lambda ctx: task.build_inputs(task.task_config.train_data, ctx))
+    local_dir = scratch / ("checkpoints" if cluster.is_chief else "checkpoints-worker")
+    manager = tf.train.CheckpointManager(ckpt, str(local_dir), max_to_keep=2)
+    publisher = (checkpoints.Publisher(storage, cfg.run_dir, cfg.keep_checkpoints)
+                 if cluster.is_chief else None)
+    return Run(cfg, cluster, storage, strategy, task, model, optimizer, metrics, manager,
+               publisher, scratch)
+
+
+def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
+          num_classes: int, storage: Storage) -> int:
+    """Run the job; returns the process exit code (see ``launcher.contract``)."""
+    import tensorflow as tf
+
+    from trainer.data import build_dataset
+
+    scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
+    staged = stage_inputs(cfg, storage, cluster, scratch)
+    run = build(cfg, cluster, num_classes, storage, staged, scratch)
+    name_to_id = {name: i for i, name in (labels or {}).items()}
+    dataset = run.strategy.distribute_datasets_from_function(
+        lambda ctx: build_dataset(run.task, run.task.task_config.train_data, name_to_id, ctx))
     iterator = iter(dataset)
 
     @tf.function
     def train_step(it: Any) -> Any:
-        logs = strategy.run(task.train_step, args=(next(it), model, optimizer, metrics))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+        logs = run.strategy.run(run.task.train_step,
+                                args=(next(it), run.model, run.optimizer, run.metrics))
+        return {k: run.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
                 for k, v in logs.items()}
-
-    local_dir = scratch / ("checkpoints" if cluster.is_chief else "checkpoints-worker")
-    manager = tf.train.CheckpointManager(ckpt, str(local_dir), max_to_keep=2)
-    publisher = checkpoints.Publisher(storage, cfg.run_dir, cfg.keep_checkpoints) \
-        if cluster.is_chief else None
-    summary_dir = scratch / "summaries"
-    writer = tf.summary.create_file_writer(str(summary_dir / "train")) if cluster.is_chief \
-        else tf.summary.create_noop_writer()
-
-    def save(step: int) -> None:
-        manager.save(checkpoint_number=step)
-        if publisher is not None:
-            writer.flush()
-            publisher.publish(manager.latest_checkpoint, step, {contract.RUN_SUMMARIES:
-                                                               summary_dir})
-
-    def on_preempted() -> None:
-        step = int(optimizer.iterations.numpy())
-        log.warning("preempted: checkpoint of step %d saved; finishing the upload", step)
-        if publisher is not None and manager.latest_checkpoint:
-            publisher.publish(manager.latest_checkpoint, step)
-            publisher.close()
-        sys.exit(contract.EXIT_RETRYABLE)
 
     handler = None
     if cluster.workers:
         handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            strategy.cluster_resolver, manager,
+            run.strategy.cluster_resolver, run.manager,
             termination_config=tf.distribute.experimental.TerminationConfig(
-                exit_fn=on_preempted))
-    step = int(optimizer.iterations.numpy())
+                exit_fn=run.on_preempted))
+    writer = (tf.summary.create_file_writer(str(scratch / "summaries" / "train"))
+              if cluster.is_chief else tf.summary.create_noop_writer())
+    step = run.step
     start, start_step = time.monotonic(), step
     try:
         with writer.as_default():
             while step < cfg.steps:
                 logs = handler.run(train_step, iterator) if handler else train_step(iterator)
-                step = int(optimizer.iterations.numpy())
+                step = run.step
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    _log_progress(cfg, cluster, step, start_step, start, logs, optimizer)
-                    for metric in metrics:
-                        metric.reset_states()  # the next line averages the next interval
+                    run.last_logs = _log_progress(run, step, start_step, start, logs)
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    save(step)
-        if publisher is not None:
-            publisher.close()
+                    writer.flush()
+                    run.save()
+        if run.publisher is not None:
+            run.publisher.close()
     except tf.errors.DataLossError as err:
         raise ConfigError(f"corrupt TFRecord in this worker's shards: "
                           f"{str(err).splitlines()[0][:200]}") from None
+    except tf.errors.InvalidArgumentError as err:
+        if "label map" in str(err):
+            raise ConfigError(str(err).splitlines()[0][:300]) from None
+        raise
     except tf.errors.OpError as err:
         if _is_peer_loss(err):
             log.error("a peer was lost at step %d: %s", step, str(err).splitlines()[0][:200])
             return contract.EXIT_PEER_LOST
         raise
-    log.info("done: %d steps, checkpoints in %s", step,
-             checkpoints.checkpoints_dir(cfg.run_dir))
+    if cluster.is_chief:
+        finish(run, staged)
+    log.info("done: %d steps, checkpoints in %s", step, checkpoints.checkpoints_dir(cfg.run_dir))
     return contract.EXIT_OK
 
 
-def _log_progress(cfg: TrainConfig, cluster: ClusterInfo, step: int, start_step: int,
-                  start: float, logs: dict[str, Any], optimizer: Any) -> None:
+def finish(run: Run, staged: Staged) -> None:
+    """Chief only, after the last checkpoint is published: eval metrics, then the SavedModel."""
+    report: dict[str, Any] = {"step": run.step, "train": run.last_logs}
+    if staged.eval_files:
+        import tensorflow as tf
+
+        from trainer.evaluate import evaluate
+
+        # A fresh copy outside the strategy: the other workers may already have exited, and the
+        # distributed model would issue collectives (e.g. batch-norm reads) to them.
+        model = run.task.build_model()
+        model(tf.zeros([1, run.cfg.image_size, run.cfg.image_size, 3]), training=False)
+        tf.train.Checkpoint(**model.checkpoint_items).read(
+            run.manager.latest_checkpoint).expect_partial().assert_existing_objects_matched()
+        report["eval"] = evaluate(run.task, model, staged.eval_files, run.cfg.global_batch_size)
+        writer = tf.summary.create_file_writer(str(run.scratch / "summaries" / "eval"))
+        with writer.as_default():
+            for name, value in report["eval"].items():
+                tf.summary.scalar(name, value, step=run.step)
+        writer.close()
+        log.info("eval at step %d: AP %.4f AP50 %.4f", run.step, report["eval"].get("AP", -1),
+                 report["eval"].get("AP50", -1))
+    run.storage.write_text(join(run.cfg.run_dir, contract.RUN_EVAL_METRICS),
+                           json.dumps(report, indent=2) + "\n")
+    summaries = run.scratch / "summaries"
+    run.storage.upload_many([(p, join(run.cfg.run_dir, contract.RUN_SUMMARIES,
+                                      str(p.relative_to(summaries))))
+                             for p in summaries.rglob("*") if p.is_file()])
+    if run.cfg.export:
+        from trainer.export import export_saved_model
+
+        local = export_saved_model(run.task.task_config, run.manager.latest_checkpoint,
+                                   run.scratch / "export")
+        run.storage.upload_many([(p, join(run.cfg.run_dir, contract.RUN_EXPORT,
+                                          str(p.relative_to(local))))
+                                 for p in local.rglob("*") if p.is_file()])
+        log.info("exported SavedModel to %s", join(run.cfg.run_dir, contract.RUN_EXPORT))
+
+
+def _log_progress(run: Run, step: int, start_step: int, start: float,
+                  logs: dict[str, Any]) -> dict[str, float]:
     import tensorflow as tf
 
+    cfg = run.cfg
     elapsed = max(time.monotonic() - start, 1e-9)
     rate = (step - start_step) / elapsed
     eta = (cfg.steps - step) / rate if rate > 0 else float("inf")
-    loss = float(logs["total_loss"])
-    lr = float(tf.convert_to_tensor(optimizer.learning_rate))
+    values = {name: float(logs[name]) for name in ("total_loss", "cls_loss", "box_loss")}
+    lr = float(tf.convert_to_tensor(run.optimizer.learning_rate))
     examples = rate * cfg.global_batch_size
     log.info("worker %d step %d/%d loss %.4f cls %.4f box %.4f lr %.5f %.1f examples/s "
-             "ETA %.0fs", cluster.index, step, cfg.steps, loss, float(logs["cls_loss"]),
-             float(logs["box_loss"]), lr, examples, eta)
-    for name in ("total_loss", "cls_loss", "box_loss"):
-        tf.summary.scalar(f"loss/{name}", logs[name], step=step)
+             "ETA %.0fs", run.cluster.index, step, cfg.steps, values["total_loss"],
+             values["cls_loss"], values["box_loss"], lr, examples, eta)
+    for name, value in values.items():
+        tf.summary.scalar(f"loss/{name}", value, step=step)
     tf.summary.scalar("learning_rate", lr, step=step)
     tf.summary.scalar("steps_per_second", rate, step=step)
     tf.summary.scalar("examples_per_second", examples, step=step)
+    for metric in run.metrics:
+        metric.reset_states()  # the next line averages the next interval
+    return values

@@ -54,7 +54,11 @@ def dataset(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     gcs.upload_many([(p, f"gs://{BUCKET}/data/{p.name}") for p in paths])
     (local / "label_map.pbtxt").write_text(synthetic.label_map_text(CLASSES))
     gcs.upload(local / "label_map.pbtxt", f"gs://{BUCKET}/data/label_map.pbtxt")
+    evals = synthetic.write_dataset(local / "eval", "val", shards=1, per_shard=8, size=IMAGE,
+                                    classes=CLASSES, seed=2)
+    gcs.upload(evals[0], f"gs://{BUCKET}/data/{evals[0].name}")
     return {"train": f"gs://{BUCKET}/data/train-?????-of-00004.tfrecord",
+            "eval": f"gs://{BUCKET}/data/val-*.tfrecord",
             "label_map": f"gs://{BUCKET}/data/label_map.pbtxt", "local": str(local)}
 
 
@@ -69,7 +73,8 @@ def base_checkpoint(gcs: Storage, dataset: dict[str, str]) -> str:
     run_dir = f"gs://{BUCKET}/base"
     cmd = [sys.executable, "-m", "trainer", "--run-dir", run_dir, "--train", dataset["train"],
            "--label-map", dataset["label_map"], "--model-size", "tiny", "--image-size",
-           str(IMAGE), "--steps", "6", "--global-batch-size", "8", "--checkpoint-every", "6"]
+           str(IMAGE), "--steps", "6", "--global-batch-size", "8", "--checkpoint-every", "6",
+           "--no-export"]
     result = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
@@ -85,7 +90,7 @@ def write_spec(path: Path, dataset: dict[str, str], checkpoint: str, **fields: A
                   "imageSize": IMAGE},
         "data": {"train": [dataset["train"]]},
         "training": {"steps": 8, "globalBatchSize": 8, "checkpointEvery": 4, "logEvery": 2,
-                     "keepCheckpoints": 2},
+                     "keepCheckpoints": 2, "export": False},
         "env": {k: v for k, v in TRAINER_ENV.items()},
         "scheduling": {"terminationGracePeriodSeconds": 60},
     }

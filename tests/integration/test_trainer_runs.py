@@ -3,6 +3,7 @@ Strategy on 127.0.0.1, TensorFlow on CPU) that read from and publish to the GCS 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -53,7 +54,9 @@ def _run_dir(spec_file: Path) -> str:
 def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
                                                   dataset: dict[str, str],
                                                   base_checkpoint: str) -> None:
-    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint)
+    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
+                      data={"train": [dataset["train"]], "eval": [dataset["eval"]]},
+                      training={"export": True})
     code, out, err = _finish(_launcher("run-local", str(spec)), [])
     assert code == 0, out[-4000:] + err
     run_dir = _run_dir(spec)
@@ -69,6 +72,29 @@ def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
     assert gcs.list_prefix(f"{run_dir}/{contract.RUN_SUMMARIES}")
     assert gcs.exists(f"{run_dir}/{contract.RUN_SPEC}")
     assert f"checkpoints: {run_dir}/checkpoints" in out
+    metrics = json.loads(gcs.read_text(f"{run_dir}/{contract.RUN_EVAL_METRICS}"))
+    assert metrics["step"] == 8
+    assert 0.0 <= metrics["eval"]["AP"] <= 1.0 and metrics["eval"]["loss/total_loss"] > 0
+    assert metrics["train"]["total_loss"] == pytest.approx(float(losses[0][0]), rel=1e-3)
+    exported = gcs.list_prefix(f"{run_dir}/{contract.RUN_EXPORT}")
+    assert any(u.endswith("/saved_model.pb") for u in exported)
+    _check_saved_model(gcs, f"{run_dir}/{contract.RUN_EXPORT}", tmp_path / "export")
+
+
+def _check_saved_model(gcs: Storage, uri: str, local: Path) -> None:
+    """The exported model loads and detects on a uint8 image batch."""
+    for item in gcs.list_prefix(uri):
+        gcs.download(item, local / item[len(uri) + 1:])
+    code = ("import sys, numpy as np, tensorflow as tf\n"
+            "m = tf.saved_model.load(sys.argv[1])\n"
+            "f = m.signatures['serving_default']\n"
+            "out = f(tf.constant(np.zeros((2, 64, 64, 3), np.uint8)))\n"
+            "assert out['detection_boxes'].shape[0] == 2, out.keys()\n"
+            "print('detections', sorted(out))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(local)], env=trainer_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "detection_scores" in result.stdout
 
 
 def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: Storage,

@@ -1,0 +1,210 @@
+"""``launcher demo``: the whole story on one machine, no cluster and no cloud account.
+
+1. make a synthetic detection data set in the OD-API TFRecord format (trainer.synthetic);
+2. pre-train a tiny RetinaNet on two classes: the "exported" base checkpoint;
+3. fine-tune it on two other classes with two local workers: ``run-local`` of a rendered Job;
+4. train the same thing from scratch, and compare the final losses.
+
+The launcher itself never imports TensorFlow: every TensorFlow step is a ``python -m trainer``
+process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from launcher import contract
+from launcher.errors import LauncherError
+
+MARKER = ".launcher-demo"
+STEP_LINE = re.compile(r"worker 0 step (\d+)/(\d+) loss (\S+)")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes chosen to finish in a few minutes on 2 CPU cores."""
+
+    image_size: int = 64
+    pretrain_steps: int = 80
+    finetune_steps: int = 40
+    global_batch_size: int = 8
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo's outputs went, and the loss comparison."""
+
+    run_dir: Path
+    finetuned: dict[str, Any]
+    scratch: dict[str, Any]
+
+
+class StageLog:
+    """Receives worker output: keeps all of it in a log file, reports step progress."""
+
+    def __init__(self, path: Path, on_step: Callable[[int, int], None]) -> None:
+        self.file: TextIO = path.open("w", encoding="utf-8")
+        self.on_step = on_step
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            match = STEP_LINE.search(line)
+            if match:
+                self.on_step(int(match[1]), int(match[2]))
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def prepare(workdir: Path) -> None:
+    """Start from an empty demo directory; never delete a directory the demo did not make."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not (workdir / MARKER).exists():
+            raise LauncherError(f"--dir: {workdir} is not empty and not a demo directory")
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by launcher demo; deleted by the next demo run\n")
+    (workdir / "logs").mkdir()
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GCE_METADATA_IP", "127.0.0.1:1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _trainer(args: list[str], log: StageLog, what: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    for line in proc.stdout:
+        log.write(line)
+        tail = [*tail[-20:], line]
+    if proc.wait() != 0:
+        errors = [t for t in tail if "error" in t.lower()] or tail[-1:]
+        raise LauncherError(f"{what} failed (exit {proc.returncode}): "
+                            f"{errors[-1].strip() if errors else ''}")
+
+
+def demo_spec(workdir: Path, settings: DemoSettings) -> dict[str, Any]:
+    """The spec of the fine-tuning job: an ordinary spec, with local paths."""
+    return {
+        "name": "demo-finetune",
+        "workers": settings.workers,
+        "runDir": str(workdir / "runs"),
+        "model": {"checkpoint": str(workdir / "runs" / "base"),
+                  "labelMap": str(workdir / "data" / "finetune" / "label_map.pbtxt"),
+                  "fineTuneType": "detection", "size": "tiny", "imageSize": settings.image_size},
+        "data": {"train": [str(workdir / "data" / "finetune" / "train-*.tfrecord")],
+                 "eval": [str(workdir / "data" / "eval" / "val-*.tfrecord")]},
+        "training": {"steps": settings.finetune_steps,
+                     "globalBatchSize": settings.global_batch_size,
+                     "checkpointEvery": settings.finetune_steps // 4, "logEvery": 2},
+    }
+
+
+def run_demo(workdir: Path, settings: DemoSettings,
+             stage: Callable[[str, int], Callable[[int, int], None]]) -> DemoResult:
+    """Run the four stages; ``stage(title, total)`` returns a progress callback for it."""
+    from launcher.api import run_local
+    from launcher.spec import SpecSource
+
+    prepare(workdir)
+    data = workdir / "data"
+    logs = workdir / "logs"
+    step_cb = stage("make the synthetic data set", 1)
+    log = StageLog(logs / "data.log", step_cb)
+    _trainer_module("trainer.synthetic", [str(data), str(settings.image_size)], log)
+    step_cb(1, 1)
+    log.close()
+    common = ["--model-size", "tiny", "--image-size", str(settings.image_size),
+              "--global-batch-size", str(settings.global_batch_size), "--log-every", "2"]
+    log = StageLog(logs / "pretrain.log", stage("pre-train the base model (2 classes)",
+                                                settings.pretrain_steps))
+    _trainer(["--run-dir", str(workdir / "runs" / "base"), "--train",
+              str(data / "pretrain" / "train-*.tfrecord"), "--label-map",
+              str(data / "pretrain" / "label_map.pbtxt"), "--steps",
+              str(settings.pretrain_steps), "--checkpoint-every", str(settings.pretrain_steps),
+              "--no-export", *common], log, "pre-training")
+    log.close()
+    spec_file = workdir / "finetune.yaml"
+    spec_file.write_text(yaml.safe_dump(demo_spec(workdir, settings), sort_keys=False))
+    log = StageLog(logs / "finetune.log", stage(
+        f"fine-tune on 2 new classes with {settings.workers} local workers",
+        settings.finetune_steps))
+    try:
+        spec = run_local(SpecSource(path=spec_file), out=log)  # type: ignore[arg-type]
+    finally:
+        log.close()
+    log = StageLog(logs / "scratch.log", stage("the same training from scratch",
+                                               settings.finetune_steps))
+    scratch_dir = workdir / "runs" / "from-scratch"
+    _trainer(["--run-dir", str(scratch_dir), "--train",
+              str(data / "finetune" / "train-*.tfrecord"), "--eval",
+              str(data / "eval" / "val-*.tfrecord"), "--label-map",
+              str(data / "finetune" / "label_map.pbtxt"), "--steps",
+              str(settings.finetune_steps), "--checkpoint-every", str(settings.finetune_steps),
+              "--no-export", *common], log, "the from-scratch run")
+    log.close()
+    run_dir = Path(spec.job_run_dir)
+    return DemoResult(run_dir, _metrics(run_dir), _metrics(scratch_dir))
+
+
+def _trainer_module(module: str, args: list[str], log: StageLog) -> None:
+    result = subprocess.run([sys.executable, "-m", module, *args], env=_env(),
+                            capture_output=True, text=True)
+    log.write(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise LauncherError(f"{module} failed: {result.stderr.strip().splitlines()[-1:]}")
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / contract.RUN_EVAL_METRICS).read_text())
+
+
+def summary(result: DemoResult) -> str:
+    """What the user reads at the end."""
+    run = result.run_dir
+    ft, sc = result.finetuned, result.scratch
+
+    def line(name: str, a: float, b: float) -> str:
+        return f"  {name:<22} {a:10.4f} {b:14.4f}"
+
+    rows = [line("train loss", ft["train"]["total_loss"], sc["train"]["total_loss"])]
+    for key, name in (("loss/total_loss", "eval loss"), ("AP50", "eval AP50"),
+                      ("AP", "eval AP")):
+        if key in ft.get("eval", {}) and key in sc.get("eval", {}):
+            rows.append(line(name, ft["eval"][key], sc["eval"][key]))
+    return "\n".join([
+        f"fine-tuned job: {run}",
+        f"  checkpoints: {run / contract.RUN_CHECKPOINTS}",
+        f"  summaries:   {run / contract.RUN_SUMMARIES}   (tensorboard --logdir ...)",
+        f"  metrics:     {run / contract.RUN_EVAL_METRICS}",
+        f"  model:       {run / contract.RUN_EXPORT}",
+        f"  spec:        {run / contract.RUN_SPEC}",
+        "",
+        f"after {ft['step']} steps:        fine-tuned   from scratch",
+        *rows,
+    ])
