@@ -200,7 +200,7 @@ def summary(result: DemoResult) -> str:
     return "\n".join([
         f"fine-tuned job: {run}",
         f"  checkpoints: {run / contract.RUN_CHECKPOINTS}",
-        f"  summaries:   {run / contract.RUN_SUMMARIES}   (tensorboard --logdir ...)",
+        f"  summaries:   {run / contract.RUN_SUMMARIES}",
         f"  metrics:     {run / contract.RUN_EVAL_METRICS}",
         f"  model:       {run / contract.RUN_EXPORT}",
         f"  spec:        {run / contract.RUN_SPEC}",
