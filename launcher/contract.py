@@ -39,6 +39,7 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # Layout of a run directory (``<runDir>/<job name>/``).
 RUN_SPEC = "spec.yaml"
 RUN_PIPELINE_CONFIG = "pipeline.config"
+RUN_TRAINER_CONFIG = "config.json"
 RUN_CHECKPOINTS = "checkpoints"
 RUN_CHECKPOINT_POINTER = "checkpoints/LATEST"
 RUN_SUMMARIES = "summaries"

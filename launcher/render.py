@@ -52,9 +52,9 @@ def trainer_args(spec: JobSpec) -> list[str]:
     """Command-line arguments of ``python -m trainer`` for this spec (see ``trainer.cli``)."""
     m, t = spec.model, spec.training
     args = ["--run-dir", spec.job_run_dir, "--checkpoint", m.checkpoint,
-            "--fine-tune-type", m.fine_tune_type, "--backbone", m.backbone,
-            "--model-size", m.size]
+            "--backbone", m.backbone, "--model-size", m.size]
     optional: list[tuple[str, Any]] = [
+        ("--fine-tune-type", m.fine_tune_type),
         ("--pipeline-config", m.pipeline_config), ("--label-map", m.label_map),
         ("--num-classes", m.num_classes), ("--image-size", m.image_size),
         ("--steps", t.steps), ("--global-batch-size", t.global_batch_size),

@@ -121,8 +121,9 @@ class ModelSpec(_Model, kw_only=True):
     """The exported model to fine-tune."""
 
     checkpoint: Text  # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory
-    # classification = backbone, detection = backbone + decoder, full = everything
-    fine_tune_type: FineTuneType = "detection"
+    # classification = backbone, detection = backbone + decoder, full = everything;
+    # unset: the pipeline.config's fine_tune_checkpoint_type, else detection
+    fine_tune_type: FineTuneType | None = None
     pipeline_config: Text | None = None  # optional OD-API pipeline.config
     label_map: Text | None = None  # StringIntLabelMap label_map.pbtxt
     num_classes: PositiveInt | None = None  # overrides the pipeline.config

@@ -26,13 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.storage import Storage, StorageError
 
     try:
-        cfg, pipeline_config = from_args(sys.argv[1:] if argv is None else argv,
-                                         dict(os.environ))
-        if pipeline_config:
-            raise ConfigError("--pipeline-config: reading OD-API pipeline.config files is not "
-                              "supported yet; pass the fields as flags")
-        info = cluster_mod.from_env()
         storage = Storage()
+        cfg = from_args(sys.argv[1:] if argv is None else argv, dict(os.environ),
+                        storage.read_text)
+        info = cluster_mod.from_env()
         labels = None
         if cfg.label_map:
             labels = parse_label_map(storage.read_text(cfg.label_map), cfg.label_map)

@@ -8,9 +8,13 @@ The label map is a ``StringIntLabelMap`` in protobuf text format, parsed with pr
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from launcher import contract
+from trainer.pipeline_config import PipelineConfig, PipelineConfigError
+from trainer.pipeline_config import parse as parse_pipeline
 
 
 class ConfigError(Exception):
@@ -29,6 +33,7 @@ class TrainConfig:
     model_size: str = "standard"
     eval: list[str] = field(default_factory=list)
     label_map: str | None = None
+    pipeline_config: str | None = None
     num_classes: int | None = None
     image_size: int = 256
     steps: int = 1000
@@ -43,29 +48,33 @@ class TrainConfig:
     seed: int = 0
 
 
+# Built-in defaults, used where neither a flag nor the pipeline.config sets a value.
+DEFAULTS: dict[str, Any] = {
+    "fine_tune_type": "detection", "image_size": 256, "steps": 1000, "global_batch_size": 8,
+    "learning_rate": 0.02, "warmup_steps": 0, "checkpoint_every": 100, "keep_checkpoints": 3,
+    "log_every": 10,
+}
+
+
 def parser() -> argparse.ArgumentParser:
     """Flags of ``python -m trainer``; the launcher renders them (``launcher.render``)."""
     p = argparse.ArgumentParser(prog="python -m trainer",
                                 description="Fine-tune RetinaNet under MultiWorkerMirroredStrategy")
     p.add_argument("--run-dir", default=None, help=f"default: ${contract.ENV_RUN_DIR}")
+    p.add_argument("--pipeline-config", default=None,
+                   help="OD-API pipeline.config; flags override its fields")
     p.add_argument("--checkpoint", default=None, help="fine-tune from here; none: from scratch")
-    p.add_argument("--fine-tune-type", choices=["classification", "detection", "full"],
-                   default="detection")
+    p.add_argument("--fine-tune-type", choices=["classification", "detection", "full"])
     p.add_argument("--backbone", choices=["mobilenetv2", "resnet50"], default="mobilenetv2")
     p.add_argument("--model-size", choices=["standard", "tiny"], default="standard")
     p.add_argument("--train", action="append", default=[], help="TFRecord glob (repeatable)")
     p.add_argument("--eval", action="append", default=[], help="TFRecord glob (repeatable)")
     p.add_argument("--label-map", default=None)
-    p.add_argument("--pipeline-config", default=None)
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--global-batch-size", type=int, default=8)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--keep-checkpoints", type=int, default=3)
-    p.add_argument("--learning-rate", type=float, default=0.02)
-    p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=10)
+    for flag in ("--image-size", "--steps", "--global-batch-size", "--checkpoint-every",
+                 "--keep-checkpoints", "--warmup-steps", "--log-every"):
+        p.add_argument(flag, type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                    help="export a SavedModel at the end")
@@ -73,32 +82,54 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def from_args(argv: list[str], env: dict[str, str]) -> tuple[TrainConfig, str | None]:
-    """Parse flags into a ``TrainConfig`` (and the pipeline.config URI, if any)."""
+def _from_pipeline(pipeline: PipelineConfig | None) -> dict[str, Any]:
+    """The pipeline.config's values under our names (only those it sets)."""
+    if pipeline is None:
+        return {}
+    checkpoint = pipeline.fine_tune_checkpoint
+    if checkpoint and "PATH_TO_BE_CONFIGURED" in checkpoint:
+        checkpoint = None
+    values = {
+        "num_classes": pipeline.num_classes, "image_size": pipeline.image_size,
+        "global_batch_size": pipeline.batch_size, "steps": pipeline.num_steps,
+        "checkpoint": checkpoint, "fine_tune_type": pipeline.fine_tune_checkpoint_type,
+        "learning_rate": (float(f"{pipeline.learning_rate:.7g}")
+                          if pipeline.learning_rate is not None else None),
+        "warmup_steps": pipeline.warmup_steps, "label_map": pipeline.label_map_path,
+        "train": pipeline.train_input_paths, "eval": pipeline.eval_input_paths,
+    }
+    return {k: v for k, v in values.items() if v not in (None, [])}
+
+
+def from_args(argv: list[str], env: dict[str, str],
+              read_text: Callable[[str], str] | None = None) -> TrainConfig:
+    """Flags, over the pipeline.config (if any, read with ``read_text``), over the defaults."""
     try:
         ns = parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed the reason
         raise ConfigError("invalid command-line arguments") from exc
-    run_dir = ns.run_dir or env.get(contract.ENV_RUN_DIR)
-    if not run_dir:
+    pipeline = None
+    if ns.pipeline_config:
+        if read_text is None:
+            raise ConfigError("--pipeline-config: no way to read it")
+        try:
+            pipeline = parse_pipeline(read_text(ns.pipeline_config), ns.pipeline_config)
+        except PipelineConfigError as err:
+            raise ConfigError(f"--pipeline-config: {err}") from None
+    flags = {k: v for k, v in vars(ns).items() if v not in (None, [])}
+    merged = {**DEFAULTS, **_from_pipeline(pipeline), **flags}
+    merged["run_dir"] = merged.get("run_dir") or env.get(contract.ENV_RUN_DIR)
+    if not merged["run_dir"]:
         raise ConfigError(f"--run-dir: required (or set {contract.ENV_RUN_DIR})")
-    if not ns.train:
+    if not merged.get("train"):
         raise ConfigError("--train: at least one TFRecord glob is required")
     for name in ("steps", "global_batch_size", "checkpoint_every", "keep_checkpoints",
                  "log_every", "image_size"):
-        if getattr(ns, name) < 1:
+        if merged[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1")
-    if ns.image_size % 32:
+    if merged["image_size"] % 32:
         raise ConfigError("--image-size: must be a multiple of 32")
-    cfg = TrainConfig(
-        run_dir=run_dir, train=ns.train, checkpoint=ns.checkpoint,
-        fine_tune_type=ns.fine_tune_type, backbone=ns.backbone, model_size=ns.model_size,
-        eval=ns.eval, label_map=ns.label_map, num_classes=ns.num_classes,
-        image_size=ns.image_size, steps=ns.steps, global_batch_size=ns.global_batch_size,
-        checkpoint_every=ns.checkpoint_every, keep_checkpoints=ns.keep_checkpoints,
-        learning_rate=ns.learning_rate, warmup_steps=ns.warmup_steps, log_every=ns.log_every,
-        mixed_precision=ns.mixed_precision, export=ns.export, seed=ns.seed)
-    return cfg, ns.pipeline_config
+    return TrainConfig(**merged)
 
 
 def _label_map_class():  # -> type[Message]

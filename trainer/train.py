@@ -131,14 +131,15 @@ def _optimizer(cfg: TrainConfig, mixed: bool) -> Any:
 
 
 def _restore(checkpoint: Any, prefix: str, what: str) -> None:
+    """Read a checkpoint; a mismatch names ``what`` (the user's URI) and the variable."""
     try:
         checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as err:
         first = str(err).strip().splitlines()[0][:300]
-        raise ConfigError(f"{what} {prefix} does not fit this model: {first}") from None
+        raise ConfigError(f"{what} does not fit this model: {first}") from None
 
 
-def _fine_tune(task: Any, model: Any, prefix: str, fine_tune_type: str) -> None:
+def _fine_tune(task: Any, model: Any, prefix: str, cfg: TrainConfig) -> None:
     """Restore the modules the fine-tune type names, as the OD API and Model Garden do."""
     import tensorflow as tf
 
@@ -148,7 +149,8 @@ def _fine_tune(task: Any, model: Any, prefix: str, fine_tune_type: str) -> None:
     else:
         names = [modules] if isinstance(modules, str) else list(modules)
         items = {name: getattr(model, name) for name in names}
-    _restore(tf.train.Checkpoint(**items), prefix, f"--checkpoint ({fine_tune_type})")
+    _restore(tf.train.Checkpoint(**items), prefix,
+             f"--checkpoint ({cfg.fine_tune_type}) {cfg.checkpoint}")
 
 
 def _is_peer_loss(err: BaseException) -> bool:
@@ -218,10 +220,11 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
         metrics = task.build_metrics(training=True)
         ckpt = tf.train.Checkpoint(optimizer=optimizer, **model.checkpoint_items)
         if staged.resume_checkpoint:
-            _restore(ckpt, staged.resume_checkpoint, "checkpoint")
+            _restore(ckpt, staged.resume_checkpoint,
+                     f"checkpoint ckpt-{staged.resume_step} of {cfg.run_dir}")
             log.info("resumed from step %d of %s", staged.resume_step, cfg.run_dir)
         elif staged.init_checkpoint:
-            _fine_tune(task, model, staged.init_checkpoint, cfg.fine_tune_type)
+            _fine_tune(task, model, staged.init_checkpoint, cfg)
             log.info("fine-tuning (%s) from %s", cfg.fine_tune_type, cfg.checkpoint)
         else:
             log.info("training from scratch")
@@ -242,6 +245,8 @@ def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
 
     scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
     staged = stage_inputs(cfg, storage, cluster, scratch)
+    if cluster.is_chief:
+        _record_config(cfg, storage)
     run = build(cfg, cluster, num_classes, storage, staged, scratch)
     name_to_id = {name: i for i, name in (labels or {}).items()}
     dataset = run.strategy.distribute_datasets_from_function(
@@ -293,6 +298,17 @@ def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
         finish(run, staged)
     log.info("done: %d steps, checkpoints in %s", step, checkpoints.checkpoints_dir(cfg.run_dir))
     return contract.EXIT_OK
+
+
+def _record_config(cfg: TrainConfig, storage: Storage) -> None:
+    """The settings this run uses, next to its checkpoints."""
+    from dataclasses import asdict
+
+    storage.write_text(join(cfg.run_dir, contract.RUN_TRAINER_CONFIG),
+                       json.dumps(asdict(cfg), indent=2) + "\n")
+    if cfg.pipeline_config:
+        storage.write_text(join(cfg.run_dir, contract.RUN_PIPELINE_CONFIG),
+                           storage.read_text(cfg.pipeline_config))
 
 
 def finish(run: Run, staged: Staged) -> None:

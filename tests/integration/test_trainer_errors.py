@@ -1,0 +1,73 @@
+"""Bad input to the trainer: a clear error, exit code 1, nothing published."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import BUCKET, IMAGE, trainer_env
+from trainer.checkpoints import latest_step
+from trainer.storage import Storage
+
+pytestmark = pytest.mark.integration
+
+
+def _trainer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trainer", "--model-size", "tiny",
+                           "--image-size", str(IMAGE), "--steps", "4",
+                           "--global-batch-size", "8", "--checkpoint-every", "4",
+                           "--no-export", *args],
+                          env=trainer_env(), capture_output=True, text=True, timeout=600)
+
+
+def _assert_user_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stdout.splitlines() if "ERROR trainer: error:" in line]
+    assert len(errors) == 1, result.stdout[-2000:]
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(("case", "extra", "words"), [
+    ("missing checkpoint", ["--checkpoint", f"gs://{BUCKET}/no-model/ckpt-3"],
+     ["--checkpoint", "ckpt-3.index"]),
+    ("class count mismatch", ["--num-classes", "7"], ["--num-classes 7", "label map's 4"]),
+    ("empty input glob", ["--train", f"gs://{BUCKET}/data/nothing-*.tfrecord"],
+     ["matches no file"]),
+    ("missing label map", ["--label-map", f"gs://{BUCKET}/data/nope.pbtxt"], ["not found"]),
+])
+def test_bad_input_exits_1_and_publishes_nothing(gcs: Storage, dataset: dict[str, str],
+                                                 case: str, extra: list[str],
+                                                 words: list[str]) -> None:
+    run_dir = f"gs://{BUCKET}/err-{case.replace(' ', '-')}"
+    args = {"--train": dataset["train"], "--label-map": dataset["label_map"]}
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        args[flag] = value
+    result = _trainer("--run-dir", run_dir, *[x for kv in args.items() for x in kv])
+    _assert_user_error(result, *words)
+    assert gcs.list_prefix(run_dir) == []
+
+
+def test_unreadable_pipeline_config(gcs: Storage, dataset: dict[str, str],
+                                    tmp_path: Path) -> None:
+    bad = tmp_path / "pipeline.config"
+    bad.write_text("model { ssd { num_classes: 4 }\ntrain_config { batch_size: eight }\n")
+    run_dir = f"gs://{BUCKET}/err-pipeline"
+    result = _trainer("--run-dir", run_dir, "--pipeline-config", str(bad),
+                      "--train", dataset["train"])
+    _assert_user_error(result, "--pipeline-config", "2:")
+    assert gcs.list_prefix(run_dir) == []
+
+
+def test_checkpoint_of_another_architecture_with_full(gcs: Storage, dataset: dict[str, str],
+                                                      base_checkpoint: str) -> None:
+    run_dir = f"gs://{BUCKET}/err-arch"
+    result = _trainer("--run-dir", run_dir, "--train", dataset["train"], "--label-map",
+                      dataset["label_map"], "--checkpoint", base_checkpoint,
+                      "--fine-tune-type", "full", "--backbone", "resnet50")
+    _assert_user_error(result, f"--checkpoint (full) {base_checkpoint} does not fit this model",
+                       "when attempting to restore variable", "name ")
+    assert latest_step(gcs, run_dir) is None
