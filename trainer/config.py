@@ -45,6 +45,8 @@ class TrainConfig:
     log_every: int = 10
     mixed_precision: bool | None = None
     export: bool = True
+    deterministic_input: bool = False
+    freeze_batchnorm: bool = False
     seed: int = 0
 
 
@@ -78,6 +80,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--export", action=argparse.BooleanOptionalAction, default=True,
                    help="export a SavedModel at the end")
+    p.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep batch-norm statistics and scales fixed (OD-API freeze_batchnorm)")
+    p.add_argument("--deterministic-input", action="store_true",
+                   help="read records in a fixed order without shuffling or augmentation")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -97,6 +103,7 @@ def _from_pipeline(pipeline: PipelineConfig | None) -> dict[str, Any]:
                           if pipeline.learning_rate is not None else None),
         "warmup_steps": pipeline.warmup_steps, "label_map": pipeline.label_map_path,
         "train": pipeline.train_input_paths, "eval": pipeline.eval_input_paths,
+        "freeze_batchnorm": pipeline.freeze_batchnorm,
     }
     return {k: v for k, v in values.items() if v not in (None, [])}
 

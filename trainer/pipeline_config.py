@@ -19,7 +19,8 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
                                 ("eval_input_reader", "InputReader", True)],
     "DetectionModel": [("ssd", "Meta", False), ("faster_rcnn", "Meta", False),
                        ("center_net", "Meta", False)],
-    "Meta": [("num_classes", "int32", False), ("image_resizer", "ImageResizer", False)],
+    "Meta": [("num_classes", "int32", False), ("image_resizer", "ImageResizer", False),
+             ("freeze_batchnorm", "bool", False)],
     "ImageResizer": [("fixed_shape_resizer", "FixedShape", False),
                      ("keep_aspect_ratio_resizer", "KeepAspect", False)],
     "FixedShape": [("height", "int32", False), ("width", "int32", False)],
@@ -67,6 +68,7 @@ class PipelineConfig:
     learning_rate: float | None = None
     warmup_steps: int | None = None
     label_map_path: str | None = None
+    freeze_batchnorm: bool | None = None
     train_input_paths: list[str] = field(default_factory=list)
     eval_input_paths: list[str] = field(default_factory=list)
 
@@ -78,7 +80,8 @@ def _message_class() -> Any:
                                              syntax="proto2")
     scalar = descriptor_pb2.FieldDescriptorProto
     types = {"int32": scalar.TYPE_INT32, "int64": scalar.TYPE_INT64,
-             "float": scalar.TYPE_FLOAT, "string": scalar.TYPE_STRING}
+             "float": scalar.TYPE_FLOAT, "string": scalar.TYPE_STRING,
+             "bool": scalar.TYPE_BOOL}
     for name, fields in SCHEMA.items():
         message = fdp.message_type.add(name=name)
         for number, (fname, ftype, repeated) in enumerate(fields, start=1):
@@ -130,6 +133,7 @@ def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
         fine_tune_checkpoint_type=FINE_TUNE_TYPES.get(ft_type or ""),
         learning_rate=lr, warmup_steps=warmup,
         label_map_path=_opt(pipeline.train_input_reader, "label_map_path"),
+        freeze_batchnorm=_opt(model, "freeze_batchnorm") if model is not None else None,
         train_input_paths=list(pipeline.train_input_reader.tf_record_input_reader.input_path),
         eval_input_paths=[p for reader in pipeline.eval_input_reader
                           for p in reader.tf_record_input_reader.input_path],

@@ -23,6 +23,7 @@ from launcher import contract
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
+from trainer.model import GlobalBatchRetinaNetTask, task_config
 from trainer.storage import Storage, StorageError, join
 
 log = logging.getLogger("trainer")
@@ -78,43 +79,6 @@ def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo,
     return staged
 
 
-def task_config(cfg: TrainConfig, num_classes: int, train_glob: str) -> Any:
-    """A Model Garden ``RetinaNetTask`` config for this run."""
-    from official.vision.configs import backbones, decoders
-    from official.vision.configs import retinanet as rcfg
-
-    task = rcfg.RetinaNetTask()
-    model = task.model
-    model.num_classes = num_classes
-    model.input_size = [cfg.image_size, cfg.image_size, 3]
-    tiny = cfg.model_size == "tiny"
-    if cfg.backbone == "mobilenetv2":
-        model.backbone = backbones.Backbone(type="mobilenet", mobilenet=backbones.MobileNet(
-            model_id="MobileNetV2", filter_size_scale=0.35 if tiny else 1.0))
-    else:
-        model.backbone = backbones.Backbone(type="resnet", resnet=backbones.ResNet(
-            model_id=18 if tiny else 50))
-    model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=32 if tiny else 256))
-    if tiny:
-        model.min_level, model.max_level = 3, 5
-        model.head.num_convs, model.head.num_filters = 1, 32
-        model.anchor.num_scales, model.anchor.aspect_ratios = 1, [1.0]
-    task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
-    task.init_checkpoint_modules = {"classification": "backbone",
-                                    "detection": ["backbone", "decoder"],
-                                    "full": "all"}[cfg.fine_tune_type]
-    data = task.train_data
-    data.input_path = train_glob
-    data.global_batch_size = cfg.global_batch_size
-    data.is_training = True
-    data.dtype = "float32"
-    data.shuffle_buffer_size = 256
-    data.seed = cfg.seed
-    data.sharding = False  # each worker already pulled only its own shards
-    data.parser.aug_rand_hflip = True
-    return task
-
-
 def _optimizer(cfg: TrainConfig, mixed: bool) -> Any:
     import tf_keras
 
@@ -151,6 +115,15 @@ def _fine_tune(task: Any, model: Any, prefix: str, cfg: TrainConfig) -> None:
         items = {name: getattr(model, name) for name in names}
     _restore(tf.train.Checkpoint(**items), prefix,
              f"--checkpoint ({cfg.fine_tune_type}) {cfg.checkpoint}")
+
+
+def _freeze_batchnorm(model: Any) -> None:
+    """Non-trainable batch norm runs in inference mode: moving statistics, fixed scales."""
+    import tf_keras
+
+    for layer in model.submodules:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def _is_peer_loss(err: BaseException) -> bool:
@@ -201,7 +174,6 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
     """Strategy, model, optimizer and checkpoint, restored from where this run starts."""
     import tensorflow as tf
     import tf_keras
-    from official.vision.tasks import retinanet as rtask
 
     strategy = make_strategy(cluster)
     replicas = strategy.num_replicas_in_sync
@@ -212,10 +184,14 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
     mixed = bool(gpus) and cfg.mixed_precision is not False
     if mixed:
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
-    task = rtask.RetinaNetTask(task_config(cfg, num_classes, str(scratch / "train" / "*")))
+    task = GlobalBatchRetinaNetTask(task_config(cfg, num_classes, str(scratch / "train" / "*"),
+                                                local_files=len(staged.train_files),
+                                                sync_bn=True))
     with strategy.scope():
         model = task.build_model()
         model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
+        if cfg.freeze_batchnorm:
+            _freeze_batchnorm(model)
         optimizer = _optimizer(cfg, mixed)
         metrics = task.build_metrics(training=True)
         ckpt = tf.train.Checkpoint(optimizer=optimizer, **model.checkpoint_items)

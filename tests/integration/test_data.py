@@ -19,7 +19,7 @@ def test_class_text_fallback_and_boxless_images_skipped(tmp_path: Path) -> None:
     from trainer import synthetic
     from trainer.config import TrainConfig
     from trainer.data import build_dataset
-    from trainer.train import task_config
+    from trainer.model import task_config
 
     rng = np.random.default_rng(0)
     path = tmp_path / "mixed.tfrecord"
@@ -53,7 +53,7 @@ def test_class_name_missing_from_label_map_is_reported(tmp_path: Path) -> None:
     from trainer import synthetic
     from trainer.config import TrainConfig
     from trainer.data import build_dataset
-    from trainer.train import task_config
+    from trainer.model import task_config
 
     rng = np.random.default_rng(1)
     path = tmp_path / "unknown.tfrecord"

@@ -16,6 +16,7 @@ PIPELINE = """\
 model {
   ssd {
     num_classes: 3
+    freeze_batchnorm: true
     image_resizer { fixed_shape_resizer { height: 320 width: 320 } }
     feature_extractor {
       type: 'ssd_mobilenet_v2_fpn_keras'
@@ -79,6 +80,7 @@ def test_pipeline_config_fields() -> None:
     assert config.train_input_paths == ["gs://data/train-?????-of-00100.tfrecord",
                                         "gs://data/extra-*.tfrecord"]
     assert config.eval_input_paths == ["gs://data/val-*.tfrecord"]
+    assert config.freeze_batchnorm is True
 
 
 def test_faster_rcnn_keep_aspect_ratio_and_constant_rate() -> None:
