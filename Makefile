@@ -27,6 +27,9 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/render_startup.py
+	$(BIN)/python bench/staging.py
+	$(BIN)/python bench/trainer_costs.py
+	$(BIN)/python bench/finetune_vs_scratch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
