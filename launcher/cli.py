@@ -28,6 +28,11 @@ app = typer.Typer(
 )
 spec_app = typer.Typer(help="Work with job spec files.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
+image_app = typer.Typer(help="Build the trainer image.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+kind_app = typer.Typer(help="A local kind cluster with a GCS emulator.", no_args_is_help=True)
+app.add_typer(kind_app, name="kind")
+ClusterName = Annotated[str, typer.Option("--name", help="kind cluster name")]
 
 # Flags for the common spec fields: (parameter, flag, type, dotted spec path, help).
 SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
@@ -244,6 +249,68 @@ def demo(
         for task in current:
             progress.update(task, completed=progress.tasks[task].total)
     typer.echo(summary(result))
+
+
+@image_app.command("build")
+def image_build(
+    kind: Annotated[str, typer.Option("--kind", help="gpu (GKE) or cpu (kind)")] = "gpu",
+    registry: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--registry", help="e.g. us-docker.pkg.dev/PROJECT/REPO")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", help="default: the kind")] = None,  # noqa: UP045
+    push: Annotated[bool, typer.Option("--push", help="push after building")] = False,
+) -> None:
+    """docker build (and push) the trainer image; prints its reference.
+
+    Without --registry/--tag the reference is the profiles' default image, so specs need no
+    [bold]image:[/] field: gpu for gke/generic, cpu for kind.
+    """
+    from launcher import images
+
+    if kind not in images.BASE_IMAGES:
+        raise fail(LauncherError(f"--kind: {kind!r} is not gpu or cpu"))
+    try:
+        ref = images.build(kind, registry, tag, push)
+    except LauncherError as err:
+        raise fail(err) from None
+    typer.echo(ref)
+
+
+@kind_app.command("up")
+def kind_up(name: ClusterName = "launcher") -> None:
+    """Create the cluster (1 control plane, 2 workers) and deploy the GCS emulator."""
+    from launcher import kind
+
+    try:
+        kind.up(name)
+    except LauncherError as err:
+        raise fail(err) from None
+    typer.echo(f"cluster {name} is up (context {kind.context(name)}); GCS emulator at "
+               f"{kind.HOST_EMULATOR} from this machine")
+
+
+@kind_app.command("load")
+def kind_load(
+    image: Annotated[str, typer.Argument(help="image to side-load")] = "tf-finetune-trainer:cpu",
+    name: ClusterName = "launcher",
+) -> None:
+    """kind load docker-image: make a locally built image available to every node."""
+    from launcher import kind
+
+    try:
+        kind.load(image, name)
+    except LauncherError as err:
+        raise fail(err) from None
+
+
+@kind_app.command("down")
+def kind_down(name: ClusterName = "launcher") -> None:
+    """Delete the cluster."""
+    from launcher import kind
+
+    try:
+        kind.down(name)
+    except LauncherError as err:
+        raise fail(err) from None
 
 
 @spec_app.command("init")
