@@ -251,6 +251,176 @@ def demo(
     typer.echo(summary(result))
 
 
+Context = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--context", help="kubeconfig context (default: the current one)")]
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
+JobName = Annotated[str, typer.Argument(help="job name")]
+
+
+def _emit(data: Any, output: str | None) -> bool:
+    """Print ``data`` as JSON or YAML when asked; True if printed."""
+    import json
+
+    import yaml
+
+    if output == "json":
+        typer.echo(json.dumps(data, indent=2))
+    elif output == "yaml":
+        typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
+    elif output:
+        raise fail(LauncherError(f"--output: {output!r} is not json or yaml"))
+    return bool(output)
+
+
+@app.command()
+@with_spec_options
+def submit(
+    spec_source: Any,
+    context: Context = None,
+    replace: Annotated[bool, typer.Option("--replace", help="delete an existing job of the "
+                                                            "same name first")] = False,
+    dry_run: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--dry-run", help="server: the API server validates, nothing is persisted")] = None,
+    skip_checks: Annotated[bool, typer.Option("--skip-checks",
+                                              help="skip the pre-submit checks")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="follow the job to its end")] = False,
+) -> None:
+    """Render, validate, check and create the job on the cluster (server-side apply, all or
+    nothing)."""
+    from launcher import api
+
+    if dry_run not in (None, "server"):
+        raise fail(LauncherError(f"--dry-run: {dry_run!r}: only 'server' (use `launcher render` "
+                                 "for a client-side dry run)"))
+    try:
+        spec, applied, checks = api.submit(spec_source, context, replace=replace,
+                                           dry_run=dry_run == "server", checks=not skip_checks)
+    except LauncherError as err:
+        raise fail(err) from None
+    for check in checks:
+        typer.echo(f"{check.level}: {check.message}", err=True)
+    suffix = " (server dry run)" if dry_run else ""
+    for obj in applied:
+        typer.echo(f"{obj['kind'].lower()}/{obj['metadata']['name']} applied{suffix}")
+    if wait and not dry_run:
+        _wait(spec.name, spec.namespace, context)
+
+
+def _wait(name: str, namespace: str, context: str | None) -> None:
+    import time
+
+    from launcher import api
+
+    last = ""
+    while True:
+        st = api.status(name, namespace, context)
+        line = (f"{st.phase}: {st.succeeded}/{st.workers} workers done"
+                + (f", step {st.step}" if st.step is not None else "")
+                + (f" - {st.explanation}" if st.explanation else ""))
+        if line != last:
+            typer.echo(line, err=True)
+            last = line
+        if st.phase in ("Succeeded", "Failed"):
+            if st.phase == "Failed":
+                raise typer.Exit(1)
+            return
+        time.sleep(5)
+
+
+@app.command("status")
+def status_cmd(name: JobName, namespace: Namespace = "default", context: Context = None,
+               output: Annotated[Optional[str], typer.Option(  # noqa: UP045
+                   "--output", "-o", help="json or yaml")] = None) -> None:
+    """Phase, per-worker pods and restarts, progress, and why it failed."""
+    from launcher import api
+
+    try:
+        st = api.status(name, namespace, context)
+    except LauncherError as err:
+        raise fail(err) from None
+    if _emit(st.to_dict(), output):
+        return
+    progress = f"  step {st.step}" if st.step is not None else ""
+    typer.echo(f"{st.namespace}/{st.name}: {st.phase}  {st.succeeded}/{st.workers} done"
+               f"{progress}")
+    if st.failed_indexes:
+        typer.echo(f"failed indexes: {st.failed_indexes}")
+    typer.echo(f"{'INDEX':<6}{'POD':<32}{'PHASE':<12}{'RESTARTS':<10}DETAIL")
+    for w in st.indexes:
+        typer.echo(f"{w.index:<6}{w.pod:<32}{w.phase:<12}{w.restarts:<10}{w.detail}")
+    if st.explanation:
+        typer.echo(f"why: {st.explanation}")
+
+
+@app.command("logs")
+def logs_cmd(name: JobName, namespace: Namespace = "default", context: Context = None,
+             follow_: Annotated[bool, typer.Option("--follow", "-f",
+                                                   help="stream until the job ends")] = False,
+             index: Annotated[Optional[int], typer.Option(  # noqa: UP045
+                 "--index", help="one worker only")] = None,
+             tail: Annotated[Optional[int], typer.Option(  # noqa: UP045
+                 "--tail", help="last lines per pod")] = None) -> None:
+    """Every worker's log, prefixed with its index, replaced pods included."""
+    from launcher import cluster
+    from launcher.kube import connect
+
+    try:
+        kube = connect(context)
+        if follow_:
+            cluster.follow(kube, name, namespace, typer.echo, index)
+        else:
+            for line in cluster.logs(kube, name, namespace, index, tail):
+                typer.echo(line)
+    except LauncherError as err:
+        raise fail(err) from None
+
+
+@app.command("list")
+def list_cmd(namespace: Annotated[Optional[str], typer.Option(  # noqa: UP045
+                 "--namespace", "-n", help="default: all namespaces")] = None,
+             context: Context = None,
+             output: Annotated[Optional[str], typer.Option(  # noqa: UP045
+                 "--output", "-o", help="json or yaml")] = None) -> None:
+    """Jobs this tool manages, with phase, workers, age and progress."""
+    from launcher import api
+
+    try:
+        rows = api.list_jobs(namespace, context)
+        for row in rows:
+            row["step"] = api.run_progress(row["runDir"]) if row["runDir"] else None
+    except LauncherError as err:
+        raise fail(err) from None
+    if _emit(rows, output):
+        return
+    typer.echo(f"{'NAMESPACE':<16}{'NAME':<32}{'PHASE':<11}{'WORKERS':<9}{'STEP':<8}CREATED")
+    for r in rows:
+        step = "-" if r["step"] is None else str(r["step"])
+        typer.echo(f"{r['namespace']:<16}{r['name']:<32}{r['phase']:<11}{r['workers']:<9}"
+                   f"{step:<8}{r['created']}")
+
+
+@app.command("delete")
+def delete_cmd(name: JobName, namespace: Namespace = "default", context: Context = None,
+               purge: Annotated[bool, typer.Option(
+                   "--purge", help="also delete the run directory (asks first)")] = False,
+               yes: Annotated[bool, typer.Option("--yes", "-y",
+                                                 help="do not ask")] = False) -> None:
+    """Delete the Job (foreground: pods first), its Service and ServiceAccount."""
+    from launcher import api
+
+    if purge and not yes and not typer.confirm(
+            f"delete the run directory of {namespace}/{name} (checkpoints, model) too?"):
+        raise typer.Exit(1)
+    try:
+        gone = api.delete(name, namespace, context, purge=purge)
+    except LauncherError as err:
+        raise fail(err) from None
+    if not gone:
+        raise fail(LauncherError(f"job {namespace}/{name} not found"))
+    for item in gone:
+        typer.echo(f"deleted {item}")
+
+
 @image_app.command("build")
 def image_build(
     kind: Annotated[str, typer.Option("--kind", help="gpu (GKE) or cpu (kind)")] = "gpu",
