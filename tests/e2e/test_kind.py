@@ -1,5 +1,6 @@
-"""End to end on a real kind cluster: build and side-load the CPU image, run a 2-worker fine-tune
-from the kind profile, wait for the Job, and find its checkpoints in the in-cluster GCS emulator.
+"""End to end on a real kind cluster: build and side-load the CPU image, submit a 2-worker
+fine-tune from the kind profile, follow it with status and logs, find its checkpoints in the
+in-cluster GCS emulator, and delete it.
 
 Needs `kind` and a Docker engine; skipped with that reason elsewhere (these CI machines have the
 docker client but no engine). Takes ~10 minutes: cluster, image build, training.
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import images, kind
-from launcher.api import build_objects
+from launcher import api, images, kind
+from launcher import cluster as cluster_ops
+from launcher.kube import connect
 from launcher.spec import build_spec
 
 
@@ -58,8 +60,6 @@ def host_env() -> Iterator[dict[str, str]]:
 
 
 def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path: Path) -> None:
-    from kubernetes import client, config, utils
-
     from trainer.checkpoints import latest_step
     from trainer.storage import Storage
 
@@ -85,20 +85,16 @@ def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path
         "data": {"train": [f"gs://{BUCKET}/data/finetune/train-*.tfrecord"]},
         "training": {"steps": 8, "globalBatchSize": 8, "checkpointEvery": 4, "export": False},
     })
-    _, objects = build_objects(spec)
-    api = config.new_client_from_config(context=kind.context(cluster))
-    for obj in objects:
-        utils.create_from_dict(api, obj)
-    batch = client.BatchV1Api(api)
+    context = kind.context(cluster)
+    _, applied, checks = api.submit(spec, context)
+    assert [o["kind"] for o in applied] == ["Job", "Service"]
+    assert not [c for c in checks if c.level == "error"], checks
     deadline = time.monotonic() + 900
-    while True:
-        status = batch.read_namespaced_job_status("e2e-ft", "default").status
-        done = {c.type for c in status.conditions or [] if c.status == "True"}
-        if done & {"Complete", "Failed"}:
-            break
+    while (st := api.status("e2e-ft", "default", context)).phase not in ("Succeeded", "Failed"):
         assert time.monotonic() < deadline, "the job did not finish in 15 minutes"
         time.sleep(5)
-    assert "Complete" in done, status
-    assert latest_step(storage, f"gs://{BUCKET}/runs/e2e-ft") == 8
-    batch.delete_namespaced_job("e2e-ft", "default", propagation_policy="Foreground")
-    client.CoreV1Api(api).delete_namespaced_service("e2e-ft", "default")
+    assert st.phase == "Succeeded", st.explanation
+    assert st.step == 8 and latest_step(storage, f"gs://{BUCKET}/runs/e2e-ft") == 8
+    lines = cluster_ops.logs(connect(context), "e2e-ft", "default")
+    assert any(line.startswith("[1] ") and "step 8/8" in line for line in lines)
+    assert api.delete("e2e-ft", "default", context) == ["Service/e2e-ft", "Job/e2e-ft"]

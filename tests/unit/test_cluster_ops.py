@@ -255,6 +255,20 @@ def test_logs_from_every_worker_with_prefixes(server: StandInApiServer, kube: Ku
     assert cluster.logs(kube, "det", NS, index=1)[-1] == "[1] resumed from step 2"
 
 
+def test_follow_streams_every_pod_until_the_job_ends(server: StandInApiServer,
+                                                     kube: Kube) -> None:
+    _job(server, [("Complete", "CompletionsReached", "done")], succeeded=2)
+    _pod(server, 0, "a", "Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
+    _pod(server, 1, "a", "Succeeded", terminated={"exitCode": 0, "reason": "Completed"})
+    server.state.logs.update({"det-0-a": "a\nb\n", "det-1-a": "c\n"})
+    lines: list[str] = []
+    cluster.follow(kube, "det", NS, lines.append, poll=0.1)
+    assert sorted(lines) == ["[0] a", "[0] b", "[1] c"]
+    assert lines.index("[0] a") < lines.index("[0] b")
+    follows = [c for c in server.state.calls if c.path.endswith("/log")]
+    assert all(c.query["follow"] == ["true"] for c in follows)
+
+
 def test_delete_propagates_and_list_shows_managed_jobs(server: StandInApiServer,
                                                        kube: Kube) -> None:
     _job(server, active=2)
