@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,13 +14,38 @@ pytestmark = pytest.mark.integration
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
+def _names_only(pixels: np.ndarray, boxes: list[Any], key: str, fmt: str = "png") -> bytes:
+    """An example whose classes are given by name only (no image/object/class/label)."""
+    import tensorflow as tf
+
+    from trainer import synthetic
+
+    example = tf.train.Example.FromString(synthetic.tf_example(pixels, boxes, key, fmt=fmt))
+    del example.features.feature["image/object/class/label"]
+    return example.SerializeToString()
+
+
+def _pipeline(path: Path, num_classes: int, name_to_id: dict[str, int]) -> Any:
+    """The eval-mode pipeline (no shuffle, no repeat) over one file, batch 1."""
+    from official.vision.tasks import retinanet
+
+    from trainer.config import TrainConfig
+    from trainer.data import build_dataset
+    from trainer.model import task_config
+
+    cfg = TrainConfig(run_dir=str(path.parent), train=[str(path)], model_size="tiny",
+                      image_size=64)
+    task = retinanet.RetinaNetTask(task_config(cfg, num_classes, str(path)))
+    params = task.task_config.validation_data
+    params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
+    params.dtype = "float32"
+    return build_dataset(task, params, name_to_id)
+
+
 def test_class_text_fallback_and_boxless_images_skipped(tmp_path: Path) -> None:
     import tensorflow as tf
 
     from trainer import synthetic
-    from trainer.config import TrainConfig
-    from trainer.data import build_dataset
-    from trainer.model import task_config
 
     rng = np.random.default_rng(0)
     path = tmp_path / "mixed.tfrecord"
@@ -28,19 +54,9 @@ def test_class_text_fallback_and_boxless_images_skipped(tmp_path: Path) -> None:
         writer.write(synthetic.tf_example(pixels, boxes, "1"))  # ids and names
         writer.write(synthetic.tf_example(pixels, [], "2"))  # no boxes: skipped
         pixels, boxes = synthetic.make_image(rng, 64, [3], max_boxes=1)
-        example = tf.train.Example.FromString(synthetic.tf_example(pixels, boxes, "3",
-                                                                   fmt="jpeg"))
-        del example.features.feature["image/object/class/label"]  # names only
-        writer.write(example.SerializeToString())
-    cfg = TrainConfig(run_dir=str(tmp_path), train=[str(path)], model_size="tiny", image_size=64)
-    from official.vision.tasks import retinanet
-
-    task = retinanet.RetinaNetTask(task_config(cfg, 5, str(path)))
-    params = task.task_config.validation_data
-    params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
-    params.dtype = "float32"
+        writer.write(_names_only(pixels, boxes, "3", fmt="jpeg"))
     name_to_id = {synthetic.CLASSES[i][0]: i for i in synthetic.CLASSES}
-    batches = list(build_dataset(task, params, name_to_id))
+    batches = list(_pipeline(path, 5, name_to_id))
     assert len(batches) == 2
     classes = [b[1]["groundtruths"]["classes"].numpy()[0] for b in batches]
     assert classes[0][0] == 1
@@ -51,23 +67,11 @@ def test_class_name_missing_from_label_map_is_reported(tmp_path: Path) -> None:
     import tensorflow as tf
 
     from trainer import synthetic
-    from trainer.config import TrainConfig
-    from trainer.data import build_dataset
-    from trainer.model import task_config
 
     rng = np.random.default_rng(1)
     path = tmp_path / "unknown.tfrecord"
     pixels, boxes = synthetic.make_image(rng, 64, [4], max_boxes=1)
-    example = tf.train.Example.FromString(synthetic.tf_example(pixels, boxes, "9"))
-    del example.features.feature["image/object/class/label"]
     with tf.io.TFRecordWriter(str(path)) as writer:
-        writer.write(example.SerializeToString())
-    cfg = TrainConfig(run_dir=str(tmp_path), train=[str(path)], model_size="tiny", image_size=64)
-    from official.vision.tasks import retinanet
-
-    task = retinanet.RetinaNetTask(task_config(cfg, 3, str(path)))
-    params = task.task_config.validation_data
-    params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
-    params.dtype = "float32"
+        writer.write(_names_only(pixels, boxes, "9"))
     with pytest.raises(tf.errors.InvalidArgumentError, match="missing from the label map"):
-        list(build_dataset(task, params, {"red": 1, "green": 2}))
+        list(_pipeline(path, 3, {"red": 1, "green": 2}))
