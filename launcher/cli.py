@@ -340,7 +340,7 @@ def status_cmd(name: JobName, namespace: Namespace = "default", context: Context
         raise fail(err) from None
     if _emit(st.to_dict(), output):
         return
-    progress = f"  step {st.step}" if st.step is not None else ""
+    progress = f"  step {st.step}/{st.steps or '?'}" if st.step is not None else ""
     typer.echo(f"{st.namespace}/{st.name}: {st.phase}  {st.succeeded}/{st.workers} done"
                f"{progress}")
     if st.failed_indexes:

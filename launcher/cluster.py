@@ -69,6 +69,17 @@ def storage_checks(spec: Any) -> list[Check]:
                            ("model.pipelineConfig", spec.model.pipeline_config)):
             if uri and not storage.exists(uri):
                 checks.append(Check("error", f"{label}: {uri} not found"))
+        if spec.model.label_map and spec.model.num_classes and storage.exists(spec.model.label_map):
+            from trainer.config import ConfigError, parse_label_map
+
+            try:
+                labels = parse_label_map(storage.read_text(spec.model.label_map),
+                                         spec.model.label_map)
+                if len(labels) != spec.model.num_classes:
+                    checks.append(Check("error", f"model.numClasses: {spec.model.num_classes} "
+                                                 f"but the label map has {len(labels)} classes"))
+            except ConfigError as err:
+                checks.append(Check("error", f"model.labelMap: {err}"))
         for i, pattern in enumerate(spec.data.train):
             if not storage.glob(pattern):
                 checks.append(Check("error", f"data.train[{i}]: {pattern} matches no file"))
@@ -173,6 +184,7 @@ class JobStatus:
     indexes: list[WorkerState] = field(default_factory=list)
     explanation: str = ""
     step: int | None = None
+    steps: int | None = None
     run_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -299,12 +311,14 @@ def status(kube: Kube, name: str, namespace: str,
                                    newest.get("status", {}).get("phase", "Unknown"),
                                    len(mine) - 1, detail))
     run_dir = job["metadata"].get("annotations", {}).get("launcher/run-dir")
+    args = job["spec"]["template"]["spec"]["containers"][0].get("args", [])
+    steps = int(args[args.index("--steps") + 1]) if "--steps" in args[:-1] else None
     st = job.get("status", {})
     return JobStatus(
         name=name, namespace=namespace, phase=job_phase(job), workers=workers,
         succeeded=int(st.get("succeeded", 0)), failed_indexes=st.get("failedIndexes", ""),
         indexes=indexes, explanation=explain(job, pods),
-        step=progress(run_dir) if progress and run_dir else None, run_dir=run_dir)
+        step=progress(run_dir) if progress and run_dir else None, steps=steps, run_dir=run_dir)
 
 
 def list_jobs(kube: Kube, namespace: str | None) -> list[dict[str, Any]]:

@@ -106,6 +106,19 @@ def test_server_dry_run_persists_nothing(server: StandInApiServer, kube: Kube) -
     assert _stored(server, "jobs") == []
 
 
+def test_pre_submit_checks_num_classes_against_the_label_map(kube: Kube,
+                                                              tmp_path: Path) -> None:
+    label_map = tmp_path / "label_map.pbtxt"
+    label_map.write_text("item { id: 1 name: 'a' }\nitem { id: 2 name: 'b' }\n")
+    (tmp_path / "train-0.tfrecord").write_text("x")
+    raw = {**copy.deepcopy(BASE_SPEC), "namespace": NS, "runDir": str(tmp_path / "runs")}
+    raw["model"] = {"checkpoint": "/m/ckpt-0", "labelMap": str(label_map), "numClasses": 3}
+    raw["data"] = {"train": [str(tmp_path / "train-*.tfrecord")]}
+    checks = cluster.pre_submit_checks(kube, build_spec(raw), [])
+    assert [c.message for c in checks if c.level == "error"] == [
+        "model.numClasses: 3 but the label map has 2 classes"]
+
+
 def test_pre_submit_checks(server: StandInApiServer, kube: Kube) -> None:
     spec = _spec(auth={"keySecret": "gcs-key"})
     spec_gpu = _spec(resources={"gpus": 1}, training={"globalBatchSize": 8, "steps": 10,
@@ -191,7 +204,8 @@ def test_status_explains_a_user_error(server: StandInApiServer, kube: Kube) -> N
         "exitCode": 1, "reason": "Error",
         "message": "INFO trainer: staging\nERROR trainer: error: --train gs://b/x-*: matches "
                    "no file\n"})
-    st = cluster.status(kube, "det", NS)
+    st = cluster.status(kube, "det", NS, progress=lambda run_dir: 7)
+    assert (st.step, st.steps, st.run_dir) == (7, 100, "/tmp/launcher-test-runs/det")
     assert st.phase == "Failed"
     assert st.explanation == ("worker 1 stopped on a user error (exit 1): ERROR trainer: "
                               "error: --train gs://b/x-*: matches no file")
