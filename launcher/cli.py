@@ -18,6 +18,7 @@ import typer
 
 from launcher import __version__
 from launcher.errors import LauncherError
+from launcher.validate import DEFAULT_K8S_VERSION
 
 app = typer.Typer(
     name="launcher",
@@ -147,7 +148,7 @@ def render(
     output: OutputFormat = "yaml",
     output_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         "--output-dir", help="write one YAML file per object here instead of stdout")] = None,
-    k8s_version: K8sVersion = "1.34",
+    k8s_version: K8sVersion = DEFAULT_K8S_VERSION,
     schema: Annotated[bool, typer.Option(
         "--validate/--no-validate",
         help="also check every object against the strict Kubernetes schema (slower)")] = False,
@@ -176,7 +177,7 @@ def render(
 
 @app.command()
 @with_spec_options
-def validate(spec_source: Any, k8s_version: K8sVersion = "1.34") -> None:
+def validate(spec_source: Any, k8s_version: K8sVersion = DEFAULT_K8S_VERSION) -> None:
     """Validate the spec and every rendered object (strict schema + cross-field rules)."""
     from launcher.api import build_objects
 
