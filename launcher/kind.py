@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 
 from launcher.errors import LauncherError
-from launcher.tools import Runner, checked, require, run_tool, source_root
+from launcher.tools import Runner, checked, require, run_tool
 
 DEFAULT_CLUSTER = "launcher"
 HOST_EMULATOR = "http://127.0.0.1:4443"  # NodePort 30443, mapped in manifests/kind/cluster.yaml
@@ -21,14 +21,16 @@ def context(name: str) -> str:
 
 def up(name: str = DEFAULT_CLUSTER, runner: Runner = run_tool, timeout: float = 300) -> None:
     """Create the cluster and deploy the GCS emulator; wait until the emulator answers."""
+    from launcher.render import manifests_dir
+
     require("kind")
-    root = source_root()
+    manifests = manifests_dir() / "kind"  # shipped in the wheel too: no checkout needed
     checked(["kind", "create", "cluster", "--name", name, "--config",
-             str(root / "manifests" / "kind" / "cluster.yaml")], runner)
+             str(manifests / "cluster.yaml")], runner)
     from kubernetes import config, utils
 
     api = config.new_client_from_config(context=context(name))
-    utils.create_from_yaml(api, str(root / "manifests" / "kind" / "gcs-emulator.yaml"))
+    utils.create_from_yaml(api, str(manifests / "gcs-emulator.yaml"))
     wait_for_emulator(timeout)
 
 
