@@ -27,10 +27,13 @@ def up(name: str = DEFAULT_CLUSTER, runner: Runner = run_tool, timeout: float = 
     manifests = manifests_dir() / "kind"  # shipped in the wheel too: no checkout needed
     checked(["kind", "create", "cluster", "--name", name, "--config",
              str(manifests / "cluster.yaml")], runner)
-    from kubernetes import config, utils
+    import yaml
 
-    api = config.new_client_from_config(context=context(name))
-    utils.create_from_yaml(api, str(manifests / "gcs-emulator.yaml"))
+    from launcher.kube import connect
+
+    kube = connect(context(name))
+    for obj in yaml.safe_load_all((manifests / "gcs-emulator.yaml").read_text()):
+        kube.apply(obj)
     wait_for_emulator(timeout)
 
 
