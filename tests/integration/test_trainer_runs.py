@@ -101,11 +101,11 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: St
                                                          dataset: dict[str, str],
                                                          base_checkpoint: str) -> None:
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
-                      training={"steps": 40, "checkpointEvery": 40, "logEvery": 1})
+                      training={"steps": 16, "checkpointEvery": 16, "logEvery": 1})
     proc = _launcher("run-local", str(spec))
     seen: list[str] = []
     pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    _follow(proc, r"worker 1 step 3/40", seen)
+    _follow(proc, r"worker 1 step 3/16", seen)
     os.kill(pid, signal.SIGTERM)
     _follow(proc, r"\[1\] exited with code 42", seen)
     code, out, err = _finish(proc, seen)
@@ -114,15 +114,15 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: St
     saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
     assert saved, out[-4000:]
     assert f"resumed from step {saved[1]}" in out
-    assert latest_step(gcs, _run_dir(spec)) == 40
+    assert latest_step(gcs, _run_dir(spec)) == 16
 
 
 def test_sigkill_of_a_worker_restarts_from_the_newest_checkpoint(tmp_path: Path, gcs: Storage,
                                                                  dataset: dict[str, str],
                                                                  base_checkpoint: str) -> None:
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
-                      training={"steps": 40, "checkpointEvery": 4, "logEvery": 1})
-    proc = _launcher("run-local", str(spec), "--grace", "20")
+                      training={"steps": 16, "checkpointEvery": 4, "logEvery": 1})
+    proc = _launcher("run-local", str(spec), "--grace", "10")
     seen: list[str] = []
     pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
     _follow(proc, r"published checkpoint ckpt-4 ", seen)
@@ -132,7 +132,7 @@ def test_sigkill_of_a_worker_restarts_from_the_newest_checkpoint(tmp_path: Path,
     assert "[1] exited with code 137" in out
     resumed = re.search(r"resumed from step (\d+)", out)
     assert resumed and int(resumed[1]) >= 4 and int(resumed[1]) % 4 == 0
-    assert latest_step(gcs, _run_dir(spec)) == 40
+    assert latest_step(gcs, _run_dir(spec)) == 16
 
 
 def test_corrupt_shard_stops_every_worker_with_the_error(tmp_path: Path, gcs: Storage,
