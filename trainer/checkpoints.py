@@ -104,9 +104,7 @@ class Publisher:
         self.storage.upload_many(index)
         self.storage.write_text(join(self.run_dir, contract.RUN_CHECKPOINT_POINTER), f"{step}\n")
         for name, directory in extra_dirs.items():
-            self.storage.upload_many([(p, join(self.run_dir, name,
-                                               str(p.relative_to(directory))))
-                                      for p in directory.rglob("*") if p.is_file()])
+            self.storage.upload_tree(directory, join(self.run_dir, name))
         shutil.rmtree(snap, ignore_errors=True)
         self._prune(step)
         log.info("published checkpoint ckpt-%d to %s", step, self.target)

@@ -156,6 +156,11 @@ class Storage:
         with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
             list(pool.map(lambda pair: self.upload(*pair), pairs))
 
+    def upload_tree(self, directory: Path, uri: str) -> None:
+        """Upload every file under ``directory`` to ``uri``, keeping relative paths."""
+        self.upload_many([(p, join(uri, str(p.relative_to(directory))))
+                          for p in directory.rglob("*") if p.is_file()])
+
     def delete(self, uri: str) -> None:
         """Delete one object or file if it exists."""
         if not is_gcs(uri):

@@ -311,18 +311,15 @@ def finish(run: Run, staged: Staged) -> None:
                  report["eval"].get("AP50", -1))
     run.storage.write_text(join(run.cfg.run_dir, contract.RUN_EVAL_METRICS),
                            json.dumps(report, indent=2) + "\n")
-    summaries = run.scratch / "summaries"
-    run.storage.upload_many([(p, join(run.cfg.run_dir, contract.RUN_SUMMARIES,
-                                      str(p.relative_to(summaries))))
-                             for p in summaries.rglob("*") if p.is_file()])
+    # The train summaries went up with the last checkpoint; only the eval ones are new.
+    run.storage.upload_tree(run.scratch / "summaries" / "eval",
+                            join(run.cfg.run_dir, contract.RUN_SUMMARIES, "eval"))
     if run.cfg.export:
         from trainer.export import export_saved_model
 
         local = export_saved_model(run.task.task_config, run.manager.latest_checkpoint,
                                    run.scratch / "export")
-        run.storage.upload_many([(p, join(run.cfg.run_dir, contract.RUN_EXPORT,
-                                          str(p.relative_to(local))))
-                                 for p in local.rglob("*") if p.is_file()])
+        run.storage.upload_tree(local, join(run.cfg.run_dir, contract.RUN_EXPORT))
         log.info("exported SavedModel to %s", join(run.cfg.run_dir, contract.RUN_EXPORT))
 
 

@@ -69,7 +69,8 @@ def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
     names = {u.rsplit("/", 1)[1] for u in gcs.list_prefix(f"{run_dir}/checkpoints")}
     assert {"ckpt-8.index", "ckpt-4.index", "LATEST"} <= names
     assert any(n.startswith("ckpt-8.data-") for n in names)
-    assert gcs.list_prefix(f"{run_dir}/{contract.RUN_SUMMARIES}")
+    assert gcs.list_prefix(f"{run_dir}/{contract.RUN_SUMMARIES}/train")
+    assert gcs.list_prefix(f"{run_dir}/{contract.RUN_SUMMARIES}/eval")
     assert gcs.exists(f"{run_dir}/{contract.RUN_SPEC}")
     assert f"checkpoints: {run_dir}/checkpoints" in out
     metrics = json.loads(gcs.read_text(f"{run_dir}/{contract.RUN_EVAL_METRICS}"))
