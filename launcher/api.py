@@ -67,7 +67,9 @@ def run_progress(run_dir: str) -> int | None:
 def submit(source: SpecSource | JobSpec, context: str | None = None, replace: bool = False,
            dry_run: bool = False, checks: bool = True, kube: Any = None
            ) -> tuple[JobSpec, list[dict[str, Any]], list[Any]]:
-    """Render, validate, check and apply a job; returns the spec, applied objects and checks."""
+    """Render, validate, check and apply a job; returns the spec, applied objects and checks
+    (warnings included). Once the Job exists, its run directory records which Job owns it
+    (``job.json``, ``spec.yaml``): ``delete --purge`` deletes only a directory that does."""
     from launcher import cluster
     from launcher.kube import connect
 
@@ -78,42 +80,123 @@ def submit(source: SpecSource | JobSpec, context: str | None = None, replace: bo
     if errors:
         raise cluster.SubmitError("; ".join(c.message for c in errors))
     applied = cluster.submit(kube, objects, replace=replace, dry_run=dry_run)
+    if not dry_run:
+        try:
+            record_run_dir(spec, job_object(applied))
+        except Exception as err:  # no credentials or no route to GCS from here
+            found.append(cluster.Check(
+                "warning", f"run directory not recorded ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0][:160] if str(err) else ''}): "
+                           "`delete --purge` will refuse to delete it"))
     return spec, applied, found
 
 
-def status(name: str, namespace: str = "default", context: str | None = None,
+def record_run_dir(spec: JobSpec, job: dict[str, Any]) -> None:
+    """Write ``spec.yaml`` and ``job.json`` (namespace, name, uid) into the job's run
+    directory."""
+    import json
+
+    from launcher import contract
+    from trainer.storage import Storage
+
+    meta = job["metadata"]
+    storage = Storage()
+    write_run_spec(spec)
+    storage.write_text(contract.run_path(spec.job_run_dir, contract.RUN_JOB_RECORD), json.dumps(
+        {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}) + "\n")
+
+
+def _kube(context: str | None, kube: Any) -> Any:
+    from launcher.kube import connect
+
+    return kube or connect(context)
+
+
+def status(name: str, namespace: str | None = None, context: str | None = None,
            kube: Any = None) -> Any:
-    """The job's ``JobStatus``."""
+    """The job's ``JobStatus`` (namespace: the context's by default)."""
+    from launcher.status import status as job_status
+
+    kube = _kube(context, kube)
+    return job_status(kube, name, namespace or kube.namespace, run_progress)
+
+
+def list_jobs(namespace: str | None = None, context: str | None = None, kube: Any = None,
+              warn: Any = None) -> list[dict[str, Any]]:
+    """Jobs this tool manages (all readable namespaces when ``namespace`` is None)."""
     from launcher import cluster
-    from launcher.kube import connect
 
-    return cluster.status(kube or connect(context), name, namespace, run_progress)
-
-
-def list_jobs(namespace: str | None = None, context: str | None = None,
-              kube: Any = None) -> list[dict[str, Any]]:
-    """Jobs this tool manages (all namespaces when ``namespace`` is None)."""
-    from launcher import cluster
-    from launcher.kube import connect
-
-    return cluster.list_jobs(kube or connect(context), namespace)
+    return cluster.list_jobs(_kube(context, kube), namespace, warn)
 
 
-def delete(name: str, namespace: str = "default", context: str | None = None,
+def delete(name: str, namespace: str | None = None, context: str | None = None,
            purge: bool = False, kube: Any = None) -> list[str]:
-    """Delete the job's objects; ``purge`` also removes its run directory."""
+    """Delete the job's objects; ``purge`` also removes its run directory, after checking,
+    before anything is deleted, that the directory can be reached and belongs to this Job."""
     from launcher import cluster
-    from launcher.kube import connect
+    from launcher.errors import LauncherError
 
-    kube = kube or connect(context)
+    kube = _kube(context, kube)
+    namespace = namespace or kube.namespace
     job = kube.get("Job", namespace, name)
-    run_dir = (job or {}).get("metadata", {}).get("annotations", {}).get("launcher/run-dir")
+    if job is None:
+        raise LauncherError(f"job {namespace}/{name} not found")
+    if not cluster.owned(job, name):
+        raise LauncherError(cluster.foreign("Job", namespace, name))
+    purger = purge_plan(job) if purge else None
     gone = cluster.delete(kube, name, namespace)
-    if purge and run_dir:
+    if purger is not None:
+        gone.append(purger())
+    return gone
+
+
+def purge_plan(job: dict[str, Any]) -> Any:
+    """Check that the Job's run directory can be purged; return the function that purges it.
+
+    Raises ``LauncherError`` (and nothing has been deleted) when storage cannot be reached or
+    the directory is not this Job's: it must be ``<runDir>/<namespace>/<name>`` and hold a
+    ``job.json`` naming this Job's namespace, name and uid, and a ``spec.yaml`` of that job."""
+    import json
+
+    import yaml
+
+    from launcher import contract
+    from launcher.errors import LauncherError
+
+    meta = job["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    run_dir = (meta.get("annotations") or {}).get(contract.RUN_DIR_ANNOTATION, "")
+    refuse = f"--purge: {run_dir or 'no run directory'}"
+    if not run_dir.rstrip("/").endswith(f"/{ns}/{name}"):
+        raise LauncherError(f"{refuse} is not a run directory of {ns}/{name} "
+                            "(<runDir>/<namespace>/<job>); nothing was deleted")
+    try:
         from trainer.storage import Storage
 
         storage = Storage()
-        for uri in storage.list_prefix(run_dir):
+        record = json.loads(storage.read_text(contract.run_path(run_dir,
+                                                                contract.RUN_JOB_RECORD)))
+        spec = yaml.safe_load(storage.read_text(contract.run_path(run_dir, contract.RUN_SPEC)))
+    except ImportError:
+        raise LauncherError(f"{refuse}: install the [trainer] extra to reach storage; nothing "
+                            "was deleted") from None
+    except Exception as err:
+        first = str(err).splitlines()[0][:200] if str(err) else ""
+        raise LauncherError(f"{refuse} cannot be checked ({type(err).__name__}: {first}); "
+                            "nothing was deleted") from None
+    expected = {"namespace": ns, "name": name, "uid": uid}
+    if not isinstance(record, dict) or {k: record.get(k) for k in expected} != expected or \
+            not isinstance(spec, dict) or (spec.get("namespace"), spec.get("name")) != (ns, name):
+        raise LauncherError(f"{refuse} does not belong to this job ({contract.RUN_JOB_RECORD} "
+                            f"names another job or uid); nothing was deleted")
+
+    def purge() -> str:
+        for uri in storage.list_prefix(run_dir.rstrip("/") + "/"):
             storage.delete(uri)
-        gone.append(run_dir)
-    return gone
+        if not run_dir.startswith("gs://"):
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)  # the emptied directories
+        return run_dir
+
+    return purge

@@ -254,7 +254,8 @@ def demo(
 
 Context = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--context", help="kubeconfig context (default: the current one)")]
-Namespace = Annotated[str, typer.Option("--namespace", "-n", help="namespace")]
+Namespace = Annotated[Optional[str], typer.Option(  # noqa: UP045
+    "--namespace", "-n", help="namespace (default: the kubeconfig context's)")]
 JobName = Annotated[str, typer.Argument(help="job name")]
 
 
@@ -314,7 +315,10 @@ def _wait(name: str, namespace: str, context: str | None) -> None:
 
     last = ""
     while True:
-        st = api.status(name, namespace, context)
+        try:
+            st = api.status(name, namespace, context)
+        except LauncherError as err:
+            raise fail(err) from None
         line = (f"{st.phase}: {st.succeeded}/{st.workers} workers done"
                 + (f", step {st.step}" if st.step is not None else "")
                 + (f" - {st.explanation}" if st.explanation else ""))
@@ -329,7 +333,7 @@ def _wait(name: str, namespace: str, context: str | None) -> None:
 
 
 @app.command("status")
-def status_cmd(name: JobName, namespace: Namespace = "default", context: Context = None,
+def status_cmd(name: JobName, namespace: Namespace = None, context: Context = None,
                output: Annotated[Optional[str], typer.Option(  # noqa: UP045
                    "--output", "-o", help="json or yaml")] = None) -> None:
     """Phase, per-worker pods and restarts, progress, and why it failed."""
@@ -354,7 +358,7 @@ def status_cmd(name: JobName, namespace: Namespace = "default", context: Context
 
 
 @app.command("logs")
-def logs_cmd(name: JobName, namespace: Namespace = "default", context: Context = None,
+def logs_cmd(name: JobName, namespace: Namespace = None, context: Context = None,
              follow_: Annotated[bool, typer.Option("--follow", "-f",
                                                    help="stream until the job ends")] = False,
              index: Annotated[Optional[int], typer.Option(  # noqa: UP045
@@ -367,6 +371,7 @@ def logs_cmd(name: JobName, namespace: Namespace = "default", context: Context =
 
     try:
         kube = connect(context)
+        namespace = namespace or kube.namespace
         if follow_:
             cluster.follow(kube, name, namespace, typer.echo, index)
         else:
@@ -386,7 +391,8 @@ def list_cmd(namespace: Annotated[Optional[str], typer.Option(  # noqa: UP045
     from launcher import api
 
     try:
-        rows = api.list_jobs(namespace, context)
+        rows = api.list_jobs(namespace, context,
+                             warn=lambda message: typer.echo(f"warning: {message}", err=True))
         for row in rows:
             row["step"] = api.run_progress(row["runDir"]) if row["runDir"] else None
     except LauncherError as err:
@@ -401,7 +407,7 @@ def list_cmd(namespace: Annotated[Optional[str], typer.Option(  # noqa: UP045
 
 
 @app.command("delete")
-def delete_cmd(name: JobName, namespace: Namespace = "default", context: Context = None,
+def delete_cmd(name: JobName, namespace: Namespace = None, context: Context = None,
                purge: Annotated[bool, typer.Option(
                    "--purge", help="also delete the run directory (asks first)")] = False,
                yes: Annotated[bool, typer.Option("--yes", "-y",
@@ -410,14 +416,12 @@ def delete_cmd(name: JobName, namespace: Namespace = "default", context: Context
     from launcher import api
 
     if purge and not yes and not typer.confirm(
-            f"delete the run directory of {namespace}/{name} (checkpoints, model) too?"):
+            f"delete the run directory of job {name} (checkpoints, model) too?"):
         raise typer.Exit(1)
     try:
         gone = api.delete(name, namespace, context, purge=purge)
     except LauncherError as err:
         raise fail(err) from None
-    if not gone:
-        raise fail(LauncherError(f"job {namespace}/{name} not found"))
     for item in gone:
         typer.echo(f"deleted {item}")
 

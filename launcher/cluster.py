@@ -1,19 +1,27 @@
-"""Cluster operations on rendered jobs: submit (all or nothing), status with a one-line failure
-explanation, logs of every worker, list, delete. Everything goes through ``launcher.kube``."""
+"""Cluster operations on rendered jobs: pre-submit checks, submit (all or nothing), delete, list
+and logs of every worker. Everything goes through ``launcher.kube``; status lives in
+``launcher.status``.
+
+This tool only ever changes objects it created for the job at hand: every object it would modify
+or delete must carry ``app.kubernetes.io/managed-by: launcher`` and the job's
+``app.kubernetes.io/instance``; anything else of the same name is refused in one line.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from launcher import contract
 from launcher.errors import LauncherError
 from launcher.kube import Kube, KubeError
+from launcher.status import job_phase, pod_index
 
 MANAGED = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
+KUEUE_GROUP = "/apis/kueue.x-k8s.io"
 
 
 class SubmitError(LauncherError):
@@ -28,32 +36,105 @@ class Check:
     message: str
 
 
+def owned(obj: dict[str, Any], job_name: str) -> bool:
+    """Whether this tool created ``obj`` for the job ``job_name``."""
+    labels = obj.get("metadata", {}).get("labels") or {}
+    return labels.get(contract.LABEL_MANAGED_BY) == contract.MANAGER and \
+        labels.get(contract.LABEL_INSTANCE) == job_name
+
+
+def foreign(kind: str, namespace: str, name: str) -> str:
+    """The refusal for an object of the same name that this tool did not create."""
+    return (f"{kind} {namespace}/{name} exists and was not created by launcher for this job "
+            f"(no {contract.LABEL_MANAGED_BY}={contract.MANAGER}, "
+            f"{contract.LABEL_INSTANCE}={name} labels): not touching it; choose another job name")
+
+
+def _forbidden(what: str) -> Check:
+    return Check("warning", f"{what} not checked: this user may not read it")
+
+
 def pre_submit_checks(kube: Kube, spec: Any, objects: list[dict[str, Any]]) -> list[Check]:
-    """What can be known before paying for GPUs. Errors block submission; warnings do not."""
+    """What can be known before paying for GPUs. Errors block submission; warnings do not.
+    A check the user has no permission for (RBAC) is a warning, never a failure."""
     checks: list[Check] = []
     ns = spec.namespace
-    if not kube.namespace_exists(ns):
-        return [Check("error", f"namespace {ns!r} does not exist")]
-    if spec.auth.service_account and kube.get("ServiceAccount", ns, spec.auth.service_account) \
-            is None:
-        checks.append(Check("error", f"auth.serviceAccount: ServiceAccount "
-                                     f"{spec.auth.service_account!r} not found in {ns}"))
-    if spec.auth.key_secret:
-        secret = kube.get("Secret", ns, spec.auth.key_secret)
-        if secret is None:
-            checks.append(Check("error", f"auth.keySecret: Secret {spec.auth.key_secret!r} not "
-                                         f"found in {ns}"))
-        elif contract.KEY_SECRET_FILE not in (secret.get("data") or {}):
-            checks.append(Check("error", f"auth.keySecret: Secret {spec.auth.key_secret!r} has "
-                                         f"no {contract.KEY_SECRET_FILE!r} entry"))
-    if spec.resources.gpus:
-        offering = [n for n in kube.nodes()
-                    if int(n.get("status", {}).get("allocatable", {}).get("nvidia.com/gpu", 0))]
-        if not offering:
-            checks.append(Check("warning", "no node offers nvidia.com/gpu now; the job waits "
-                                           "for the autoscaler or fails to schedule"))
+    try:
+        if not kube.namespace_exists(ns):
+            return [Check("error", f"namespace {ns!r} does not exist")]
+    except KubeError as err:
+        if not err.forbidden:
+            raise
+        checks.append(_forbidden(f"namespace {ns!r}"))
+    lookups = [("auth.serviceAccount", "ServiceAccount", spec.auth.service_account),
+               ("auth.keySecret", "Secret", spec.auth.key_secret)]
+    for field_name, kind, name in lookups:
+        if not name:
+            continue
+        try:
+            obj = kube.get(kind, ns, name)
+        except KubeError as err:
+            if not err.forbidden:
+                raise
+            checks.append(_forbidden(f"{field_name}: {kind} {name!r}"))
+            continue
+        if obj is None:
+            checks.append(Check("error", f"{field_name}: {kind} {name!r} not found in {ns}"))
+        elif kind == "Secret" and contract.KEY_SECRET_FILE not in (obj.get("data") or {}):
+            checks.append(Check("error", f"auth.keySecret: Secret {name!r} has no "
+                                         f"{contract.KEY_SECRET_FILE!r} entry"))
+    checks.extend(_scheduling_checks(kube, spec))
     checks.extend(storage_checks(spec))
     return checks
+
+
+def _scheduling_checks(kube: Kube, spec: Any) -> list[Check]:
+    """PriorityClass, Kueue queue and GPU nodes: without them pods are never created, the Job
+    stays suspended forever, or pods never schedule."""
+    checks: list[Check] = []
+    sched = spec.scheduling
+    try:
+        if sched.priority_class and kube.get_path(
+                f"/apis/scheduling.k8s.io/v1/priorityclasses/{sched.priority_class}") is None:
+            checks.append(Check("error", f"scheduling.priorityClass: PriorityClass "
+                                         f"{sched.priority_class!r} does not exist"))
+    except KubeError as err:
+        if not err.forbidden:
+            raise
+        checks.append(_forbidden(f"scheduling.priorityClass {sched.priority_class!r}"))
+    if sched.queue:
+        checks.extend(_queue_checks(kube, spec.namespace, sched.queue))
+    if spec.resources.gpus:
+        try:
+            offering = [n for n in kube.nodes()
+                        if int(n.get("status", {}).get("allocatable", {}).get(
+                            "nvidia.com/gpu", 0))]
+            if not offering:
+                checks.append(Check("warning", "no node offers nvidia.com/gpu now; the job "
+                                               "waits for the autoscaler or fails to schedule"))
+        except KubeError as err:
+            if not err.forbidden:
+                raise
+            checks.append(_forbidden("GPU capacity (nodes)"))
+    return checks
+
+
+def _queue_checks(kube: Kube, namespace: str, queue: str) -> list[Check]:
+    group = kube.get_path(KUEUE_GROUP)
+    if group is None:
+        return [Check("error", "scheduling.queue: Kueue is not installed on this cluster (no "
+                               "kueue.x-k8s.io API); the job would stay suspended forever")]
+    version = group.get("preferredVersion", {}).get("groupVersion", "kueue.x-k8s.io/v1beta1")
+    try:
+        found = kube.get_path(f"/apis/{version}/namespaces/{namespace}/localqueues/{queue}")
+    except KubeError as err:
+        if not err.forbidden:
+            raise
+        return [_forbidden(f"scheduling.queue: LocalQueue {queue!r}")]
+    if found is None:
+        return [Check("error", f"scheduling.queue: LocalQueue {queue!r} not found in "
+                               f"{namespace}; the job would stay suspended forever")]
+    return []
 
 
 def storage_checks(spec: Any) -> list[Check]:
@@ -99,37 +180,77 @@ def _owner(job: dict[str, Any]) -> dict[str, Any]:
             "uid": job["metadata"]["uid"], "blockOwnerDeletion": True, "controller": False}
 
 
+def _check_ownership(kube: Kube, objects: list[dict[str, Any]], replace: bool) -> bool:
+    """Refuse before any write if an object of the same name is not ours; True if the Job
+    exists (and is ours)."""
+    job = next(o for o in objects if o["kind"] == "Job")
+    name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
+    existing_job = kube.get("Job", ns, name)
+    if existing_job is not None and not owned(existing_job, name):
+        raise SubmitError(foreign("Job", ns, name))
+    if existing_job is not None and not replace:
+        raise SubmitError(f"job {ns}/{name} already exists; use --replace to delete it and "
+                          "submit again")
+    for obj in objects:
+        if obj is job:
+            continue
+        existing = kube.get(obj["kind"], ns, obj["metadata"]["name"])
+        if existing is not None and not owned(existing, name):
+            raise SubmitError(foreign(obj["kind"], ns, obj["metadata"]["name"]))
+    return existing_job is not None
+
+
 def submit(kube: Kube, objects: list[dict[str, Any]], replace: bool = False,
            dry_run: bool = False) -> list[dict[str, Any]]:
     """Apply the job's objects, Job first so the others can be owned by it. All or nothing:
-    if any object fails, the ones this call created are deleted again."""
+    if any object fails, the ones this call created are deleted again. Objects of the same name
+    that this tool did not create for this job are never modified: the call is refused first.
+
+    A server dry run of ``replace`` simulates the delete: the existing objects are deleted in
+    dry-run mode and the new Job is validated as a create (under a generated name, since the
+    old one still holds its name), so immutable-field changes do not fail it."""
     job = next(o for o in objects if o["kind"] == "Job")
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
-    if kube.get("Job", ns, name) is not None:
-        if not replace:
-            raise SubmitError(f"job {ns}/{name} already exists; use --replace to delete it "
-                              "and submit again")
-        if not dry_run:
-            delete(kube, name, ns, wait=True)
+    exists = _check_ownership(kube, objects, replace)
+    if exists and dry_run:
+        for kind in ("Service", "ServiceAccount", "Job"):
+            if kube.get(kind, ns, name) is not None:
+                kube.delete(kind, ns, name, dry_run=True)
+    elif exists:
+        delete(kube, name, ns, wait=True)
     ordered = [job] + [o for o in objects if o is not job]
     created: list[dict[str, Any]] = []
     applied: list[dict[str, Any]] = []
+    obj = job
     try:
         for obj in ordered:
             if obj is not job:
                 obj = {**obj, "metadata": {**obj["metadata"],
                                            "ownerReferences": [_owner(applied[0])]}}
-            existed = kube.get(obj["kind"], ns, obj["metadata"]["name"]) is not None
-            result = kube.apply(obj, dry_run=dry_run)
+            if obj is job and exists and dry_run:
+                result = _dry_run_create(kube, job)
+            else:
+                existed = kube.get(obj["kind"], ns, obj["metadata"]["name"]) is not None
+                result = kube.apply(obj, dry_run=dry_run)
+                if not existed:
+                    created.append(result)
             applied.append(result)
-            if not existed:
-                created.append(result)
     except KubeError as err:
         if not dry_run:
             _rollback(kube, created)
         raise SubmitError(f"{obj['kind']}/{obj['metadata']['name']}: {err}; "
                           f"rolled back {len(created)} object(s) this call created") from None
     return applied
+
+
+def _dry_run_create(kube: Kube, job: dict[str, Any]) -> dict[str, Any]:
+    name = job["metadata"]["name"]
+    # generateName adds 5 characters: keep the length the real name has (pod hostnames).
+    prefix = name[:-5] if len(name) > 5 else name
+    meta = {k: v for k, v in job["metadata"].items() if k != "name"}
+    result = kube.create({**job, "metadata": {**meta, "generateName": prefix}}, dry_run=True)
+    result["metadata"]["name"] = name
+    return result
 
 
 def _rollback(kube: Kube, created: list[dict[str, Any]]) -> None:
@@ -141,14 +262,17 @@ def _rollback(kube: Kube, created: list[dict[str, Any]]) -> None:
 def delete(kube: Kube, name: str, namespace: str, wait: bool = False,
            timeout: float = 120) -> list[str]:
     """Delete the Service and ServiceAccount, then the Job (foreground: its pods first).
+    Refuses a Job of that name that this tool did not create; skips anything not ours.
 
     The Job owns the others, so garbage collection would remove them too, but only eventually;
     deleting them explicitly makes the result (and what is reported) certain."""
+    job = kube.get("Job", namespace, name)
+    if job is not None and not owned(job, name):
+        raise LauncherError(foreign("Job", namespace, name))
     gone = []
     for kind in ("Service", "ServiceAccount", "Job"):
-        obj = kube.get(kind, namespace, name)
-        if obj is None or obj["metadata"].get("labels", {}).get(contract.LABEL_MANAGED_BY) \
-                != contract.MANAGER:
+        obj = job if kind == "Job" else kube.get(kind, namespace, name)
+        if obj is None or not owned(obj, name):
             continue
         if kube.delete(kind, namespace, name, propagation="Foreground"):
             gone.append(f"{kind}/{name}")
@@ -160,185 +284,71 @@ def delete(kube: Kube, name: str, namespace: str, wait: bool = False,
     return gone
 
 
-@dataclass
-class WorkerState:
-    """One completion index: its newest pod and how often it was replaced."""
+def list_jobs(kube: Kube, namespace: str | None,
+              warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Jobs this tool manages: name, namespace, phase, workers, creation time, run directory.
 
-    index: int
-    pod: str
-    phase: str
-    restarts: int
-    detail: str = ""
-
-
-@dataclass
-class JobStatus:
-    """What ``launcher status`` shows."""
-
-    name: str
-    namespace: str
-    phase: str
-    workers: int
-    succeeded: int
-    failed_indexes: str
-    indexes: list[WorkerState] = field(default_factory=list)
-    explanation: str = ""
-    step: int | None = None
-    steps: int | None = None
-    run_dir: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def job_phase(job: dict[str, Any]) -> str:
-    """Suspended, Pending, Running, Succeeded or Failed, from the Job's conditions and counts."""
-    conditions = {c["type"]: c for c in job.get("status", {}).get("conditions", []) or []
-                  if c.get("status") == "True"}
-    if "Complete" in conditions or "SuccessCriteriaMet" in conditions:
-        return "Succeeded"
-    if "Failed" in conditions or "FailureTarget" in conditions:
-        return "Failed"
-    if "Suspended" in conditions or job.get("spec", {}).get("suspend"):
-        return "Suspended"
-    return "Running" if job.get("status", {}).get("active") else "Pending"
-
-
-def _index(pod: dict[str, Any]) -> int:
-    annotations = pod["metadata"].get("annotations", {})
-    labels = pod["metadata"].get("labels", {})
-    return int(annotations.get(contract.INDEX_ANNOTATION,
-                               labels.get(contract.INDEX_ANNOTATION, -1)))
-
-
-def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
-        if cs.get("name") == contract.CONTAINER_NAME:
-            return cs.get("state", {}).get("terminated") or \
-                cs.get("lastState", {}).get("terminated")
-    return None
-
-
-def _waiting(pod: dict[str, Any]) -> dict[str, Any] | None:
-    for cs in pod.get("status", {}).get("containerStatuses", []) or []:
-        if cs.get("state", {}).get("waiting"):
-            return cs["state"]["waiting"]
-    return None
-
-
-def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    return next((c for c in pod.get("status", {}).get("conditions", []) or []
-                 if c.get("type") == kind), None)
-
-
-def _last_error(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or [""])[-1][:300]
-
-
-def explain(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
-    """One sentence on why the job failed or is stuck, from the evidence; empty if healthy."""
-    failed = sorted((p for p in pods if p.get("status", {}).get("phase") == "Failed"),
-                    key=lambda p: p["metadata"].get("creationTimestamp", ""))
-    for pod in failed:
-        term = _terminated(pod) or {}
-        code = term.get("exitCode")
-        index = _index(pod)
-        if term.get("reason") == "OOMKilled":
-            return (f"worker {index} ran out of memory (OOMKilled, exit {code}): raise "
-                    "resources.memory or lower the batch size")
-        if code == contract.EXIT_USER_ERROR:
-            detail = _last_error(term.get("message", ""))
-            return f"worker {index} stopped on a user error (exit 1)" + \
-                (f": {detail}" if detail else "")
-    conditions = {c["type"]: c for c in job.get("status", {}).get("conditions", []) or []
-                  if c.get("status") == "True"}
-    failure = conditions.get("Failed") or conditions.get("FailureTarget")
-    if failure:
-        reason = failure.get("reason", "")
-        if reason == "DeadlineExceeded":
-            return "scheduling.activeDeadlineSeconds reached before the job finished"
-        if reason in ("BackoffLimitExceeded", "FailedIndexes", "MaxFailedIndexesExceeded"):
-            indexes = job.get("status", {}).get("failedIndexes") or "?"
-            return (f"retry budget exhausted: index {indexes} failed more than "
-                    f"{job['spec'].get('backoffLimitPerIndex', '?')} times "
-                    "(scheduling.retriesPerIndex)")
-        return f"job failed: {reason}: {failure.get('message', '')}".strip()
-    for pod in pods:
-        waiting = _waiting(pod) or {}
-        if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-            return (f"worker {_index(pod)} cannot pull its image ({waiting['reason']}): "
-                    f"{waiting.get('message', '')}".strip())
-        scheduled = _condition(pod, "PodScheduled")
-        if scheduled and scheduled.get("status") == "False" and \
-                scheduled.get("reason") == "Unschedulable":
-            message = scheduled.get("message", "")
-            if "nvidia.com/gpu" in message:
-                return (f"worker {_index(pod)} cannot be scheduled: no node has the requested "
-                        f"GPUs free ({message})")
-            return f"worker {_index(pod)} cannot be scheduled: {message}"
-    disrupted = [p for p in pods if (_condition(p, "DisruptionTarget") or {}).get("status")
-                 == "True"]
-    if disrupted:
-        condition = _condition(disrupted[-1], "DisruptionTarget") or {}
-        return (f"worker {_index(disrupted[-1])} was preempted or evicted "
-                f"({condition.get('reason', 'DisruptionTarget')}); it is replaced without "
-                "counting against the retries")
-    return ""
-
-
-def status(kube: Kube, name: str, namespace: str,
-           progress: Callable[[str], int | None] | None = None) -> JobStatus:
-    """Phase, per-index pods, restarts, failed indexes, explanation and training progress."""
-    job = kube.get("Job", namespace, name)
-    if job is None:
-        raise LauncherError(f"job {namespace}/{name} not found")
-    pods = kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}")
-    workers = int(job["spec"].get("completions", 1))
-    indexes = []
-    for index in range(workers):
-        mine = sorted((p for p in pods if _index(p) == index),
-                      key=lambda p: p["metadata"].get("creationTimestamp", ""))
-        if not mine:
-            indexes.append(WorkerState(index, "-", "NotCreated", 0))
-            continue
-        newest = mine[-1]
-        term = _terminated(newest) or {}
-        detail = f"exit {term['exitCode']}" if "exitCode" in term else \
-            (_waiting(newest) or {}).get("reason", "")
-        indexes.append(WorkerState(index, newest["metadata"]["name"],
-                                   newest.get("status", {}).get("phase", "Unknown"),
-                                   len(mine) - 1, detail))
-    run_dir = job["metadata"].get("annotations", {}).get("launcher/run-dir")
-    args = job["spec"]["template"]["spec"]["containers"][0].get("args", [])
-    steps = int(args[args.index("--steps") + 1]) if "--steps" in args[:-1] else None
-    st = job.get("status", {})
-    return JobStatus(
-        name=name, namespace=namespace, phase=job_phase(job), workers=workers,
-        succeeded=int(st.get("succeeded", 0)), failed_indexes=st.get("failedIndexes", ""),
-        indexes=indexes, explanation=explain(job, pods),
-        step=progress(run_dir) if progress and run_dir else None, steps=steps, run_dir=run_dir)
-
-
-def list_jobs(kube: Kube, namespace: str | None) -> list[dict[str, Any]]:
-    """Jobs this tool manages: name, namespace, phase, workers, creation time."""
+    Without ``namespace``: every namespace, or, for a user who may not list Jobs cluster-wide,
+    every namespace where they may (``warn`` says which were left out)."""
+    try:
+        jobs = kube.list("Job", namespace, MANAGED)
+    except KubeError as err:
+        if namespace is not None or not err.forbidden:
+            raise
+        jobs = _readable_jobs(kube, warn or (lambda _: None))
     rows = []
-    for job in kube.list("Job", namespace, MANAGED):
+    for job in jobs:
         meta = job["metadata"]
         rows.append({"name": meta["name"], "namespace": meta["namespace"],
                      "phase": job_phase(job), "workers": job["spec"].get("completions", 1),
                      "created": meta.get("creationTimestamp", ""),
-                     "runDir": meta.get("annotations", {}).get("launcher/run-dir", "")})
-    return rows
+                     "runDir": meta.get("annotations", {}).get(contract.RUN_DIR_ANNOTATION, "")})
+    return sorted(rows, key=lambda r: (r["namespace"], r["name"]))
+
+
+def _readable_jobs(kube: Kube, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+    try:
+        namespaces = [n["metadata"]["name"]
+                      for n in kube.request("GET", "/api/v1/namespaces").get("items", [])]
+    except KubeError as err:
+        if not err.forbidden:
+            raise
+        warn(f"this user may not list jobs in all namespaces: showing namespace "
+             f"{kube.namespace!r} (the context's); use -n for another")
+        return kube.list("Job", kube.namespace, MANAGED)
+    jobs, hidden = [], []
+    for ns in namespaces:
+        try:
+            jobs += kube.list("Job", ns, MANAGED)
+        except KubeError as err:
+            if not err.forbidden:
+                raise
+            hidden.append(ns)
+    if hidden:
+        warn(f"this user may not list jobs in {len(hidden)} namespace(s): "
+             f"{', '.join(hidden[:10])}{' ...' if len(hidden) > 10 else ''}")
+    return jobs
 
 
 def worker_pods(kube: Kube, name: str, namespace: str, index: int | None = None
                 ) -> list[dict[str, Any]]:
-    """The job's pods, oldest first, optionally one index only."""
-    pods = kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}")
-    pods = [p for p in pods if index is None or _index(p) == index]
-    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), _index(p)))
+    """The pods of the job ``name`` (this Job object's, not an earlier one's), oldest first,
+    optionally one index only. Raises if the job does not exist."""
+    job = kube.get("Job", namespace, name)
+    if job is None:
+        raise LauncherError(f"job {namespace}/{name} not found")
+    uid = job["metadata"]["uid"]
+    pods = [p for p in kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}")
+            if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences", []))]
+    pods = [p for p in pods if index is None or pod_index(p) == index]
+    return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), pod_index(p),
+                                       p["metadata"]["name"]))
+
+
+def _started(pod: dict[str, Any]) -> bool:
+    """Whether a container ran, so that the kubelet has a log to give."""
+    return bool(pod["spec"].get("nodeName")) and \
+        pod.get("status", {}).get("phase") != "Pending"
 
 
 def logs(kube: Kube, name: str, namespace: str, index: int | None = None,
@@ -346,9 +356,9 @@ def logs(kube: Kube, name: str, namespace: str, index: int | None = None,
     """Every worker's log lines, prefixed ``[index]``, replaced pods included (oldest first)."""
     lines = []
     for pod in worker_pods(kube, name, namespace, index):
-        if pod.get("status", {}).get("phase") == "Pending":
+        if not _started(pod):
             continue
-        prefix = f"[{_index(pod)}]"
+        prefix = f"[{pod_index(pod)}]"
         text = kube.logs(namespace, pod["metadata"]["name"], tail)
         lines += [f"{prefix} {line}" for line in text.splitlines()]
     return lines
@@ -356,21 +366,26 @@ def logs(kube: Kube, name: str, namespace: str, index: int | None = None,
 
 def follow(kube: Kube, name: str, namespace: str, write: Callable[[str], None],
            index: int | None = None, poll: float = 2.0) -> None:
-    """Stream every worker's log as written, picking up replacement pods, until the job ends."""
+    """Stream every worker's log as written, picking up replacement pods, until the job ends.
+    Raises the first error a stream met once every stream has ended."""
     started: set[str] = set()
     threads: list[threading.Thread] = []
+    errors: list[LauncherError] = []
     lock = threading.Lock()
 
     def pump(pod: dict[str, Any]) -> None:
-        prefix = f"[{_index(pod)}]"
-        for line in kube.follow_logs(namespace, pod["metadata"]["name"]):
-            with lock:
-                write(f"{prefix} {line}")
+        prefix = f"[{pod_index(pod)}]"
+        try:
+            for line in kube.follow_logs(namespace, pod["metadata"]["name"]):
+                with lock:
+                    write(f"{prefix} {line}")
+        except LauncherError as err:
+            errors.append(LauncherError(f"{pod['metadata']['name']}: {err}"))
 
     while True:
         for pod in worker_pods(kube, name, namespace, index):
             pod_name = pod["metadata"]["name"]
-            if pod_name in started or pod.get("status", {}).get("phase") == "Pending":
+            if pod_name in started or not _started(pod):
                 continue
             started.add(pod_name)
             thread = threading.Thread(target=pump, args=(pod,), daemon=True)
@@ -382,3 +397,5 @@ def follow(kube: Kube, name: str, namespace: str, write: Callable[[str], None],
         time.sleep(poll)
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]

@@ -35,9 +35,11 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 APP_NAME = "tf-finetune"
 MANAGER = "launcher"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RUN_DIR_ANNOTATION = "launcher/run-dir"
 
-# Layout of a run directory (``<runDir>/<job name>/``).
+# Layout of a run directory (``<runDir>/<namespace>/<job name>/``).
 RUN_SPEC = "spec.yaml"
+RUN_JOB_RECORD = "job.json"  # the Job that owns the directory: namespace, name, uid
 RUN_PIPELINE_CONFIG = "pipeline.config"
 RUN_TRAINER_CONFIG = "config.json"
 RUN_CHECKPOINTS = "checkpoints"

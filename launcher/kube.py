@@ -21,6 +21,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "Pod": ("/api/v1", "pods"),
     "Deployment": ("/apis/apps/v1", "deployments"),
+    "Event": ("/api/v1", "events"),
 }
 
 
@@ -32,6 +33,11 @@ class KubeError(LauncherError):
         self.code = code
         self.reason = reason
 
+    @property
+    def forbidden(self) -> bool:
+        """The user may not do this (RBAC), as opposed to it being impossible."""
+        return self.code == 403
+
 
 def connect(context: str | None = None, api_client: Any = None) -> Kube:
     """A ``Kube`` from kubeconfig (``context``), in-cluster config, or a given ``ApiClient``."""
@@ -39,19 +45,37 @@ def connect(context: str | None = None, api_client: Any = None) -> Kube:
         return Kube(api_client)
     import os
 
-    from kubernetes import config
+    from kubernetes import client, config
 
+    configuration = client.Configuration()
     try:
         if context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-            from kubernetes import client
-
-            return Kube(client.ApiClient())
-        # KUBECONFIG is read here, not when the client library was imported.
-        return Kube(config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"),
-                                                  context=context))
-    except (config.ConfigException, OSError) as err:
+            config.load_incluster_config(client_configuration=configuration)
+            namespace = _incluster_namespace()
+        else:
+            # KUBECONFIG is read here, not when the client library was imported.
+            config_file = os.environ.get("KUBECONFIG")
+            config.load_kube_config(config_file=config_file, context=context,
+                                    client_configuration=configuration)
+            contexts, active = config.list_kube_config_contexts(config_file)
+            if context is not None:
+                active = next(c for c in contexts if c["name"] == context)
+            namespace = (active.get("context") or {}).get("namespace") or "default"
+    except (config.ConfigException, OSError, StopIteration) as err:
         raise LauncherError(f"kubeconfig: {err}") from None
+    # One attempt, as kubectl makes: urllib3's retries only repeat a refused connection three
+    # times and log a warning with a traceback each time.
+    configuration.retries = False
+    return Kube(client.ApiClient(configuration), namespace)
+
+
+def _incluster_namespace() -> str:
+    from pathlib import Path
+
+    try:
+        return Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    except OSError:
+        return "default"
 
 
 def path(kind: str, namespace: str, name: str | None = None) -> str:
@@ -66,6 +90,11 @@ class Kube:
     """JSON requests through an official ``kubernetes.client.ApiClient``."""
 
     api: Any
+    namespace: str = "default"  # the kubeconfig context's namespace: where commands look by default
+
+    @property
+    def server(self) -> str:
+        return str(self.api.configuration.host)
 
     def request(self, method: str, resource_path: str, query: dict[str, Any] | None = None,
                 body: Any = None, content_type: str = "application/json",
@@ -73,7 +102,9 @@ class Kube:
         """Make one call; raise ``KubeError`` with the server's Status message on failure."""
         from kubernetes.client.exceptions import ApiException
 
-        headers = {"Accept": "text/plain" if raw else "application/json"}
+        # Real API servers answer 406 to ``Accept: text/plain``, also for pods/log (which then
+        # sends text anyway); ``*/*`` is what kubectl asks for.
+        headers = {"Accept": "*/*" if raw else "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
         params = [(k, str(v).lower() if isinstance(v, bool) else v)
@@ -87,8 +118,8 @@ class Kube:
             response.read()
         except ApiException as err:
             raise _error(err.status or 0, err.body) from None
-        except OSError as err:
-            raise KubeError(0, "", f"cannot reach the API server: {err}") from None
+        except Exception as err:
+            raise self._unreachable(err) from None
         if response.status >= 400:
             raise _error(response.status, response.data)
         data = response.data.decode() if isinstance(response.data, bytes) else response.data
@@ -96,22 +127,45 @@ class Kube:
             return data
         return json.loads(data) if data else {}
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None if it does not exist."""
+    def _unreachable(self, err: Exception) -> KubeError:
+        """One line for a connection that failed (refused, TLS, DNS, timeout)."""
+        import urllib3
+
+        if not isinstance(err, (OSError, urllib3.exceptions.HTTPError)):
+            raise err
+        text = str(getattr(err, "reason", None) or err)
+        text = text.split("Failed to establish a new connection: ")[-1].strip(" )'\"")
+        return KubeError(0, "", f"cannot reach the API server {self.server}: "
+                                f"{text.splitlines()[0][:200] if text else type(err).__name__}")
+
+    def get_path(self, resource_path: str) -> dict[str, Any] | None:
+        """The object at a REST path, or None if it does not exist."""
         try:
-            return self.request("GET", path(kind, namespace, name))
+            return self.request("GET", resource_path)
         except KubeError as err:
             if err.code == 404:
                 return None
             raise
 
-    def list(self, kind: str, namespace: str | None, selector: str | None = None
-             ) -> list[dict[str, Any]]:
-        """Objects of ``kind`` matching a label selector; all namespaces when ``namespace`` is
-        None."""
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None if it does not exist."""
+        return self.get_path(path(kind, namespace, name))
+
+    def list(self, kind: str, namespace: str | None, selector: str | None = None,
+             fields: str | None = None) -> list[dict[str, Any]]:
+        """Objects of ``kind`` matching label and field selectors; all namespaces when
+        ``namespace`` is None."""
         prefix, plural = RESOURCES[kind]
         resource = f"{prefix}/{plural}" if namespace is None else path(kind, namespace)
-        return self.request("GET", resource, {"labelSelector": selector}).get("items", [])
+        return self.request("GET", resource, {"labelSelector": selector,
+                                              "fieldSelector": fields}).get("items", [])
+
+    def create(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+        """POST to the object's collection (``generateName`` works here, unlike apply)."""
+        meta = obj["metadata"]
+        return self.request("POST", path(obj["kind"], meta["namespace"]),
+                            {"fieldManager": FIELD_MANAGER, "dryRun": "All" if dry_run else None},
+                            body=obj)
 
     def apply(self, obj: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         """Server-side apply as field manager ``launcher`` (force: this tool owns its objects)."""
@@ -136,13 +190,7 @@ class Kube:
         return True
 
     def namespace_exists(self, namespace: str) -> bool:
-        try:
-            self.request("GET", f"/api/v1/namespaces/{namespace}")
-        except KubeError as err:
-            if err.code == 404:
-                return False
-            raise
-        return True
+        return self.get_path(f"/api/v1/namespaces/{namespace}") is not None
 
     def nodes(self) -> list[dict[str, Any]]:
         return self.request("GET", "/api/v1/nodes").get("items", [])
@@ -155,10 +203,15 @@ class Kube:
         """Lines of a pod's log as they are written, until the container ends."""
         method, url, headers, _, _ = self.api.param_serialize(
             method="GET", resource_path=f"{path('Pod', namespace, pod)}/log",
-            query_params=[("follow", "true")], header_params={"Accept": "text/plain"},
+            query_params=[("follow", "true")], header_params={"Accept": "*/*"},
             auth_settings=["BearerToken"])
-        response = self.api.rest_client.pool_manager.request(
-            method, url, headers=headers, preload_content=False)
+        try:
+            response = self.api.rest_client.pool_manager.request(
+                method, url, headers=headers, preload_content=False)
+        except Exception as err:
+            raise self._unreachable(err) from None
+        if response.status >= 400:
+            raise _error(response.status, response.read())
         buffer = b""
         for chunk in response.stream(4096):
             buffer += chunk

@@ -195,7 +195,7 @@ class JobSpec(_Model, kw_only=True):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     workers: Annotated[int, Meta(ge=1, le=1024)] = 2
     port: Annotated[int, Meta(ge=1024, le=65535)] = contract.DEFAULT_PORT
-    run_dir: Text  # root of run directories; this job's is <runDir>/<name>
+    run_dir: Text  # root of run directories; this job's is <runDir>/<namespace>/<name>
     resources: Resources = msgspec.field(default_factory=Resources)
     model: ModelSpec
     data: DataSpec
@@ -214,7 +214,7 @@ class JobSpec(_Model, kw_only=True):
     @property
     def job_run_dir(self) -> str:
         """This job's own run directory."""
-        return contract.run_path(self.run_dir, self.name)
+        return contract.run_path(self.run_dir, self.namespace, self.name)
 
 
 def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:

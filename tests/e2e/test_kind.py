@@ -94,7 +94,7 @@ def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path
         assert time.monotonic() < deadline, "the job did not finish in 15 minutes"
         time.sleep(5)
     assert st.phase == "Succeeded", st.explanation
-    assert st.step == 8 and latest_step(storage, f"gs://{BUCKET}/runs/e2e-ft") == 8
+    assert st.step == 8 and latest_step(storage, f"gs://{BUCKET}/runs/default/e2e-ft") == 8
     lines = cluster_ops.logs(connect(context), "e2e-ft", "default")
     assert any(line.startswith("[1] ") and "step 8/8" in line for line in lines)
     assert api.delete("e2e-ft", "default", context) == ["Service/e2e-ft", "Job/e2e-ft"]

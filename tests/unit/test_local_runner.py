@@ -74,7 +74,7 @@ def test_worker_commands_expand_index_and_loopback_tf_config(tmp_path: Path) -> 
         assert cmd.env[contract.ENV_INDEX] == str(cmd.index)
         assert json.loads(cmd.env["TF_CONFIG"]) == contract.tf_config(
             ["127.0.0.1:5000", "127.0.0.1:5001"], cmd.index)
-        assert cmd.env[contract.ENV_RUN_DIR] == "gs://bucket-a/runs/det"
+        assert cmd.env[contract.ENV_RUN_DIR] == "gs://bucket-a/runs/default/det"
         assert cmd.argv[0] == sys.executable
         assert "HOME" not in cmd.env
 

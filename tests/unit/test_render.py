@@ -178,7 +178,7 @@ def test_trainer_args_carry_the_spec(base_spec: dict[str, Any]) -> None:
     container = _by_kind(render(build_spec(base_spec)))["Job"]["spec"]["template"]["spec"][
         "containers"][0]
     args = container["args"]
-    assert args[args.index("--run-dir") + 1] == "gs://bucket-a/runs/det"
+    assert args[args.index("--run-dir") + 1] == "gs://bucket-a/runs/default/det"
     assert args[args.index("--global-batch-size") + 1] == "8"
     assert args.count("--train") == 1 and args.count("--eval") == 1
 
