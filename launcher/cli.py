@@ -116,10 +116,26 @@ def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+MAX_ERROR_LINE = 1000
+
+
 def fail(err: LauncherError) -> typer.Exit:
-    """Print one error line and return the exit to raise."""
-    typer.echo(f"error: {err}", err=True)
+    """Print one error line (control characters escaped, length capped) and return the exit to
+    raise."""
+    from launcher.errors import escape
+
+    text = escape(str(err))
+    if len(text) > MAX_ERROR_LINE:
+        text = text[:MAX_ERROR_LINE - 3] + "..."
+    typer.echo(f"error: {text}", err=True)
     return typer.Exit(err.exit_code)
+
+
+def _warn_image(spec: Any) -> None:
+    from launcher.spec import image_warnings
+
+    for message in image_warnings(spec):
+        typer.echo(f"warning: {message}", err=True)
 
 
 def _version(value: bool) -> None:
@@ -163,13 +179,18 @@ def render(
     if output not in ("yaml", "json"):
         raise fail(LauncherError(f"--output: {output!r} is not yaml or json"))
     try:
-        _, objects = build_objects(spec_source, k8s_version, schema=schema)
+        spec, objects = build_objects(spec_source, k8s_version, schema=schema)
     except LauncherError as err:
         raise fail(err) from None
+    _warn_image(spec)
     if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for i, obj in enumerate(objects):
-            (output_dir / rendering.file_name(obj, i)).write_text(rendering.to_yaml([obj]))
+        from launcher.files import write_all
+
+        try:
+            write_all(output_dir, {rendering.file_name(obj, i): rendering.to_yaml([obj])
+                                   for i, obj in enumerate(objects)})
+        except LauncherError as err:
+            raise fail(err) from None
         typer.echo(f"wrote {len(objects)} objects to {output_dir}", err=True)
         return
     sys.stdout.write(rendering.to_json(objects) if output == "json" else rendering.to_yaml(objects))
@@ -185,6 +206,7 @@ def validate(spec_source: Any, k8s_version: K8sVersion = DEFAULT_K8S_VERSION) ->
         spec, objects = build_objects(spec_source, k8s_version)
     except LauncherError as err:
         raise fail(err) from None
+    _warn_image(spec)
     kinds = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
     typer.echo(f"ok: {spec.name} ({spec.workers} workers, profile {spec.profile}): {kinds} "
                f"valid for Kubernetes {k8s_version}")
@@ -299,6 +321,7 @@ def submit(
                                            dry_run=dry_run == "server", checks=not skip_checks)
     except LauncherError as err:
         raise fail(err) from None
+    _warn_image(spec)
     for check in checks:
         typer.echo(f"{check.level}: {check.message}", err=True)
     suffix = " (server dry run)" if dry_run else ""
@@ -501,7 +524,12 @@ def spec_init(
     if path is None:
         sys.stdout.write(text)
         return
+    from launcher.files import write_all
+
     if path.exists() and not force:
         raise fail(LauncherError(f"{path}: exists; use --force to overwrite"))
-    path.write_text(text)
+    try:
+        write_all(path.parent, {path.name: text}, create_dir=False)
+    except LauncherError as err:
+        raise fail(err) from None
     typer.echo(f"wrote {path}", err=True)

@@ -21,6 +21,8 @@ from launcher.kube import Kube, KubeError
 from launcher.status import job_phase, pod_index
 
 MANAGED = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
+# What a job consists of, in delete order (the Job last, foreground: its pods first).
+OWNED_KINDS = ("Service", "NetworkPolicy", "ServiceAccount", "Job")
 KUEUE_GROUP = "/apis/kueue.x-k8s.io"
 
 
@@ -66,9 +68,11 @@ def pre_submit_checks(kube: Kube, spec: Any, objects: list[dict[str, Any]]) -> l
         if not err.forbidden:
             raise
         checks.append(_forbidden(f"namespace {ns!r}"))
-    lookups = [("auth.serviceAccount", "ServiceAccount", spec.auth.service_account),
-               ("auth.keySecret", "Secret", spec.auth.key_secret)]
-    for field_name, kind, name in lookups:
+    lookups = [("auth.serviceAccount", "ServiceAccount", spec.auth.service_account, None),
+               ("auth.keySecret", "Secret", spec.auth.key_secret, contract.KEY_SECRET_FILE)]
+    lookups += [(f"secretEnv.{env}", "Secret", ref.secret, ref.key)
+                for env, ref in spec.secret_env.items()]
+    for field_name, kind, name, key in lookups:
         if not name:
             continue
         try:
@@ -80,9 +84,8 @@ def pre_submit_checks(kube: Kube, spec: Any, objects: list[dict[str, Any]]) -> l
             continue
         if obj is None:
             checks.append(Check("error", f"{field_name}: {kind} {name!r} not found in {ns}"))
-        elif kind == "Secret" and contract.KEY_SECRET_FILE not in (obj.get("data") or {}):
-            checks.append(Check("error", f"auth.keySecret: Secret {name!r} has no "
-                                         f"{contract.KEY_SECRET_FILE!r} entry"))
+        elif key is not None and key not in (obj.get("data") or {}):
+            checks.append(Check("error", f"{field_name}: Secret {name!r} has no {key!r} entry"))
     checks.extend(_scheduling_checks(kube, spec))
     checks.extend(storage_checks(spec))
     return checks
@@ -213,7 +216,7 @@ def submit(kube: Kube, objects: list[dict[str, Any]], replace: bool = False,
     name, ns = job["metadata"]["name"], job["metadata"]["namespace"]
     exists = _check_ownership(kube, objects, replace)
     if exists and dry_run:
-        for kind in ("Service", "ServiceAccount", "Job"):
+        for kind in OWNED_KINDS:
             if kube.get(kind, ns, name) is not None:
                 kube.delete(kind, ns, name, dry_run=True)
     elif exists:
@@ -261,7 +264,8 @@ def _rollback(kube: Kube, created: list[dict[str, Any]]) -> None:
 
 def delete(kube: Kube, name: str, namespace: str, wait: bool = False,
            timeout: float = 120) -> list[str]:
-    """Delete the Service and ServiceAccount, then the Job (foreground: its pods first).
+    """Delete the Service, NetworkPolicy and ServiceAccount, then the Job (foreground: its
+    pods first).
     Refuses a Job of that name that this tool did not create; skips anything not ours.
 
     The Job owns the others, so garbage collection would remove them too, but only eventually;
@@ -270,7 +274,7 @@ def delete(kube: Kube, name: str, namespace: str, wait: bool = False,
     if job is not None and not owned(job, name):
         raise LauncherError(foreign("Job", namespace, name))
     gone = []
-    for kind in ("Service", "ServiceAccount", "Job"):
+    for kind in OWNED_KINDS:
         obj = job if kind == "Job" else kube.get(kind, namespace, name)
         if obj is None or not owned(obj, name):
             continue

@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import reprlib
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = 100
+_REPR.maxother = 100
+_REPR.maxlevel = 3
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """``repr(value)`` for an error line: bounded in size however large or deep (or
+    alias-shared) the value is, and free of control characters."""
+    text = _REPR.repr(value)
+    text = escape(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def escape(text: str) -> str:
+    """Control and format characters (ANSI/OSC escapes, newlines, bidi overrides) as
+    ``\\xNN``/``\\uNNNN`` so that a message cannot act on the terminal or span lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else _escaped(c) for c in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else (
+        f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+
 
 class LauncherError(Exception):
     """Base class of every error the launcher reports to the user."""
 
     exit_code = 1
+
+
+class UsageError(LauncherError):
+    """A command-line argument cannot be used as given (a path that cannot be written, ...)."""
+
+    exit_code = 2
 
 
 class SpecError(LauncherError):

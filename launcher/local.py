@@ -11,20 +11,36 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from launcher import contract
 from launcher.errors import LauncherError
 
 VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+# Workers must not outlive the launcher, however it ends (SIGKILL included): on Linux a tiny
+# exec shim asks the kernel for SIGKILL when the parent dies (PR_SET_PDEATHSIG, kept across
+# exec), then checks the parent did not die before that, then becomes the worker.
+_SHIM = """
+import ctypes, os, signal, sys
+if sys.platform == "linux":
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(128 + signal.SIGKILL)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+DIE_WITH_PARENT = [sys.executable, "-c", _SHIM]
 
 
 class LocalRunError(LauncherError):
@@ -68,8 +84,22 @@ def free_ports(count: int) -> list[int]:
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
-    # The kubelet leaves references to undefined variables as they are; so do we.
-    return VAR_REF.sub(lambda m: env.get(m[1], m[0]), value)
+    """``$(VAR)`` expansion as the kubelet does it: ``$$`` is a literal ``$``, and a reference
+    to an undefined variable stays as written."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+            continue
+        match = VAR_REF.match(value, i)
+        if match:
+            out.append(env.get(match[1], match[0]))
+            i = match.end()
+            continue
+        out.append(value[i])
+        i += 1
+    return "".join(out)
 
 
 def worker_commands(job: dict[str, Any], ports: list[int],
@@ -90,6 +120,9 @@ def worker_commands(job: dict[str, Any], ports: list[int],
                 value = json.dumps(contract.tf_config(hosts, index))
             elif var["name"] == "HOME":
                 continue  # the pod's scratch volume; keep the user's home locally
+            elif var["name"] == "GOOGLE_APPLICATION_CREDENTIALS" and \
+                    var.get("value", "").startswith(contract.KEY_SECRET_MOUNT):
+                continue  # the pod's mounted Secret; locally the user's own credentials
             elif "value" in var:
                 value = _expand(var["value"], pod_env)
             else:
@@ -120,12 +153,19 @@ class Group:
         self.attempt = Attempt()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.scratch: Path | None = None
 
     def start(self) -> None:
+        # Each worker's temporary files (the trainer's scratch: staged shards, checkpoints,
+        # export) live under one directory that this attempt removes, however workers end.
+        self.scratch = Path(tempfile.mkdtemp(prefix="launcher-run-"))
         for cmd in self.commands:
-            proc = subprocess.Popen(cmd.argv, env=cmd.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    start_new_session=True)
+            tmp = self.scratch / str(cmd.index)
+            tmp.mkdir()
+            env = {**cmd.env, "TMPDIR": str(tmp), "TRAINER_SCRATCH": str(tmp)}
+            proc = subprocess.Popen([*DIE_WITH_PARENT, str(os.getpid()), *cmd.argv], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    bufsize=1, start_new_session=True)
             self.procs[cmd.index] = proc
             self._print(cmd.index, f"started (pid {proc.pid})")
             thread = threading.Thread(target=self._pump, args=(cmd.index, proc), daemon=True)
@@ -177,6 +217,8 @@ class Group:
         self.poll()
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _classify(code: int) -> str:
@@ -259,12 +301,13 @@ def run_local(job: dict[str, Any], retries: int, grace: float = 30.0,
     def interrupted(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return runner.run()
     except KeyboardInterrupt as exc:
         signum = exc.args[0] if exc.args else signal.SIGINT
         raise LocalRunError("interrupted: all workers stopped", 128 + int(signum)) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 

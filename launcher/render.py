@@ -1,13 +1,14 @@
 """Render a ``JobSpec`` into Kubernetes objects through the Jinja templates in ``manifests/``.
 
 Every user value reaches the YAML through the ``q`` filter (a JSON string, which YAML reads back
-verbatim) or ``tojson``, so no value can add keys or documents. The rendered text is parsed here,
+verbatim) or ``json``, so no value can add keys or documents. The rendered text is parsed here,
 and callers get objects, never text.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,23 @@ def manifests_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "manifests"
 
 
+# Characters a YAML stream may not contain raw (YAML 1.1 "printable" is the complement).
+_NOT_YAML_PRINTABLE = re.compile("[\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
 def _quote(value: Any) -> str:
+    """A YAML double-quoted scalar that reads back as ``value`` exactly: JSON's escapes are
+    YAML's, and characters beyond the BMP stay literal (JSON's surrogate-pair escapes are not
+    valid YAML)."""
     if not isinstance(value, str):
         raise TypeError(f"q filter takes strings, got {type(value).__name__}")
-    return json.dumps(value)
+    return _flow_json(value)
+
+
+def _flow_json(value: Any) -> str:
+    """JSON as a YAML flow value (``json`` in the templates), with the escapes of ``q``."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _NOT_YAML_PRINTABLE.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def _environment() -> jinja2.Environment:
@@ -44,7 +58,7 @@ def _environment() -> jinja2.Environment:
         bytecode_cache=jinja2.FileSystemBytecodeCache(),
     )
     env.filters["q"] = _quote
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False}
+    env.filters["json"] = _flow_json
     return env
 
 
@@ -112,7 +126,28 @@ def _context(spec: JobSpec) -> dict[str, Any]:
         "node_selector": _node_selector(spec),
         "tolerations": _tolerations(spec),
         "service_account": _service_account(spec),
+        "ephemeral_storage": _format_bytes(quantity_bytes(spec.resources.scratch_size)
+                                           + quantity_bytes(spec.resources.tmp_size)),
     }
+
+
+_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """Bytes of a Kubernetes quantity (``20Gi``, ``500M``, ``1024``)."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kMGT]i?|)", quantity)
+    if match is None:
+        raise ValueError(f"not a byte quantity: {quantity!r}")
+    return int(float(match[1]) * _SUFFIXES[match[2]])
+
+
+def _format_bytes(count: int) -> str:
+    for suffix in ("Ti", "Gi", "Mi", "Ki"):
+        if count % _SUFFIXES[suffix] == 0:
+            return f"{count // _SUFFIXES[suffix]}{suffix}"
+    return str(count)
 
 
 def render(spec: JobSpec) -> list[dict[str, Any]]:
@@ -120,6 +155,8 @@ def render(spec: JobSpec) -> list[dict[str, Any]]:
     env = _environment()
     context = _context(spec)
     names = ["service.yaml.j2", "job.yaml.j2"]
+    if spec.network_policy:
+        names.insert(1, "networkpolicy.yaml.j2")
     if spec.auth.gcp_service_account:
         names.insert(0, "serviceaccount.yaml.j2")
     objects = []

@@ -18,8 +18,8 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from launcher import contract
-from launcher.errors import SpecError
+from launcher import contract, useryaml
+from launcher.errors import SpecError, shown
 
 Profile = Literal["gke", "kind", "generic"]
 FineTuneType = Literal["classification", "detection", "full"]
@@ -30,13 +30,13 @@ PROFILE_DEFAULTS: dict[str, dict[str, Any]] = {
     "gke": {
         "image": "tf-finetune-trainer:gpu",
         "resources": {"gpus": 1, "accelerator": "nvidia-l4", "cpu": "8", "memory": "32Gi",
-                      "shmSize": "16Gi"},
+                      "shmSize": "16Gi", "scratchSize": "100Gi"},
     },
     "kind": {
         "image": "tf-finetune-trainer:cpu",
         # Side-loaded with `kind load docker-image`: never pull from a registry.
         "imagePullPolicy": "IfNotPresent",
-        "resources": {"gpus": 0, "cpu": "1", "memory": "3Gi"},
+        "resources": {"gpus": 0, "cpu": "1", "memory": "3Gi", "scratchSize": "5Gi"},
         "env": {"STORAGE_EMULATOR_HOST": "http://gcs-emulator.default.svc:4443"},
     },
     "generic": {
@@ -52,10 +52,11 @@ IMAGE_REF = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"  # :tag @digest
 )
+BYTES = re.compile(r"^[1-9][0-9]{0,5}(k|M|G|T|Ki|Mi|Gi|Ti)?$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-                       r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EMAIL = re.compile(r"^[a-z0-9-]+@[a-z0-9-]+\.iam\.gserviceaccount\.com$")
@@ -67,39 +68,75 @@ def _uri_problem(value: str) -> str | None:
     """Why ``value`` is not a ``gs://bucket/path`` URI (globs allowed) or a local path, or None."""
     if not value:
         return "must not be empty"
+    if "$(" in value:
+        # The kubelet expands $(VAR) in args and env: pods would use another path than the
+        # annotation, spec.yaml, status and purge know.
+        return f"{shown(value)} contains $(...), which Kubernetes would expand in the pod"
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", value)
     if scheme is None:
         return None  # a local path, for run-local and tests
     if scheme.group(1) != "gs" or not value.startswith("gs://"):
-        return f"{value!r} is not a gs://bucket/path URI or a local path"
+        return f"{shown(value)} is not a gs://bucket/path URI or a local path"
     bucket = value[len("gs://"):].split("/", 1)[0]
     if not GCS_BUCKET.match(bucket) or ".." in bucket:
-        return f"{value!r} has an invalid bucket name {bucket!r}"
+        return f"{shown(value)} has an invalid bucket name {shown(bucket)}"
     return None
+
+
+def qualified_name_ok(key: str) -> bool:
+    """A label or taint key: an optional DNS-1123 subdomain prefix (each label at most 63
+    characters, 253 in all) and ``/``, then a name of at most 63 characters."""
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not all(
+            len(part) <= 63 and DNS1123_LABEL.match(part) for part in prefix.split("."))):
+        return False
+    return bool(LABEL_NAME.match(name))
 
 
 def _labels_problem(labels: dict[str, str]) -> str | None:
     for key, val in labels.items():
-        if not LABEL_KEY.match(key):
-            return f"{key!r} is not a valid label key"
+        if not qualified_name_ok(key):
+            return f"{shown(key)} is not a valid label key"
         if len(val) > 63 or not LABEL_VALUE.match(val):
-            return f"value {val!r} of {key!r} is not a valid label value"
+            return f"value {shown(val)} of {shown(key)} is not a valid label value"
     return None
 
 
-def _env_problem(env: dict[str, str]) -> str | None:
-    for key in env:
+def _env_problem(env: dict[str, str], reserved: set[str]) -> str | None:
+    for key, value in env.items():
         if not ENV_NAME.match(key):
-            return f"{key!r} is not a valid environment variable name"
-        if key in RESERVED_ENV:
-            return f"{key!r} is set by the launcher and cannot be overridden"
+            return f"{shown(key)} is not a valid environment variable name"
+        if key in reserved:
+            return f"{shown(key)} is set by the launcher and cannot be overridden"
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            return f"value of {shown(key)} is not valid Unicode text"
     return None
 
 
-# Strings that end up in manifests or command lines: no newlines or control characters.
-Text = Annotated[str, Meta(pattern=r"^[^\x00-\x1f\x7f]*$")]
-PositiveInt = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
+def _toleration_problem(t: Toleration) -> str | None:
+    """The API server's toleration rules, checked before anything is submitted."""
+    if t.key is not None and not qualified_name_ok(t.key):
+        return f"key {shown(t.key)} is not a valid label key"
+    if not t.key and t.operator != "Exists":
+        return "an empty key needs operator Exists"
+    if t.operator == "Exists" and t.value:
+        return "operator Exists takes no value"
+    if t.value is not None and (len(t.value) > 63 or not LABEL_VALUE.match(t.value)):
+        return f"value {shown(t.value)} is not a valid label value"
+    if t.toleration_seconds is not None and t.effect != "NoExecute":
+        return "tolerationSeconds needs effect NoExecute"
+    return None
+
+
+# Strings that end up in manifests or command lines: no newlines or control characters (C0, DEL,
+# C1) and no lone surrogates (from undecodable command-line bytes), which YAML cannot carry.
+Text = Annotated[str, Meta(pattern="^[^\x00-\x1f\x7f-\x9f\ud800-\udfff]*$")]
+# Kubernetes stores these fields as int32 or int64; bigger values pass here but not there.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+PositiveInt = Annotated[int, Meta(ge=1, le=INT32_MAX)]
+NonNegativeInt = Annotated[int, Meta(ge=0, le=INT32_MAX)]
+PositiveInt64 = Annotated[int, Meta(ge=1, le=INT64_MAX)]
 
 
 class _Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, rename="camel",
@@ -115,6 +152,9 @@ class Resources(_Model, kw_only=True):
     cpu: Text = "4"  # CPU request per worker
     memory: Text = "16Gi"  # memory request and limit per worker
     shm_size: Text | None = None  # size of /dev/shm (memory emptyDir)
+    # Disk per worker (emptyDir size limits; their sum is the ephemeral-storage request/limit):
+    scratch_size: Text = "20Gi"  # staged checkpoint and shards, local checkpoints, export
+    tmp_size: Text = "1Gi"  # /tmp
 
 
 class ModelSpec(_Model, kw_only=True):
@@ -147,7 +187,7 @@ class Training(_Model, kw_only=True):
     global_batch_size: PositiveInt | None = None  # summed over replicas
     checkpoint_every: PositiveInt = 100
     keep_checkpoints: PositiveInt = 3
-    learning_rate: Annotated[float, Meta(gt=0)] | None = None
+    learning_rate: Annotated[float, Meta(gt=0, le=1e6)] | None = None  # finite (inf, nan: no)
     warmup_steps: NonNegativeInt | None = None
     mixed_precision: bool | None = None  # default: on when GPUs are used
     log_every: PositiveInt = 10
@@ -161,7 +201,7 @@ class Toleration(_Model, kw_only=True):
     operator: Literal["Exists", "Equal"] = "Equal"
     value: Text | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: NonNegativeInt | None = None
+    toleration_seconds: Annotated[int, Meta(ge=-INT64_MAX, le=INT64_MAX)] | None = None
 
 
 class Scheduling(_Model, kw_only=True):
@@ -172,9 +212,16 @@ class Scheduling(_Model, kw_only=True):
     queue: Text | None = None  # Kueue LocalQueue name
     priority_class: Text | None = None
     ttl_seconds_after_finished: NonNegativeInt | None = 86400
-    active_deadline_seconds: PositiveInt | None = None
+    active_deadline_seconds: PositiveInt64 | None = None
     retries_per_index: Annotated[int, Meta(ge=0, le=1000)] = 3  # backoffLimitPerIndex
-    termination_grace_period_seconds: Annotated[int, Meta(ge=5)] = 60
+    termination_grace_period_seconds: Annotated[int, Meta(ge=5, le=INT64_MAX)] = 60
+
+
+class SecretRef(_Model, kw_only=True):
+    """One key of an existing Secret in the job's namespace."""
+
+    secret: Text
+    key: Text
 
 
 class Auth(_Model, kw_only=True):
@@ -203,6 +250,11 @@ class JobSpec(_Model, kw_only=True):
     scheduling: Scheduling = msgspec.field(default_factory=Scheduling)
     auth: Auth = msgspec.field(default_factory=Auth)
     env: dict[str, str] = msgspec.field(default_factory=dict)
+    # Environment variables from existing Secrets (API keys, tracking tokens): only the
+    # Secret's name and key are rendered or stored, never the value.
+    secret_env: dict[str, SecretRef] = msgspec.field(default_factory=dict)
+    # A NetworkPolicy that admits only this job's pods to the workers' port.
+    network_policy: bool = True
     command: list[Text] | None = None  # replaces the trainer's command
     args: list[Text] | None = None  # replaces the trainer's arguments
 
@@ -217,15 +269,20 @@ class JobSpec(_Model, kw_only=True):
         return contract.run_path(self.run_dir, self.namespace, self.name)
 
 
+MAX_PATH_DEPTH = 8  # the deepest spec field is 4 levels down
+
+
 def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     if not all(keys):
-        raise SpecError(dotted, "is not a valid field path")
+        raise SpecError(shown(dotted), "is not a valid field path")
+    if len(keys) > MAX_PATH_DEPTH:
+        raise SpecError(shown(dotted), f"is deeper than any spec field ({len(keys)} levels)")
     node = raw
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise SpecError(dotted, f"{key!r} is not a mapping")
+            raise SpecError(shown(dotted), f"{shown(key)} is not a mapping")
         node = child
     node[keys[-1]] = value
 
@@ -235,12 +292,15 @@ def apply_sets(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(raw)
     for item in sets:
         key, sep, text = item.partition("=")
+        if any("\ud800" <= c <= "\udfff" for c in item):
+            raise SpecError("--set", f"{shown(item)} is not valid Unicode text (undecodable "
+                            "bytes in the argument)")
         if not sep or not key:
-            raise SpecError("--set", f"{item!r} is not key=value")
+            raise SpecError("--set", f"{shown(item)} is not key=value")
         try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+            value = useryaml.load(text, f"--set {key.strip()}") if text else ""
+        except useryaml.YamlSyntaxError:
+            value = text  # not YAML: the plain string
         _set_path(out, key.strip(), value)
     return out
 
@@ -282,26 +342,30 @@ def _check_names(spec: JobSpec) -> None:
              ("auth.keySecret", spec.auth.key_secret)]
     for field_path, value in names:
         if value is not None and (len(value) > 63 or not DNS1123_LABEL.match(value)):
-            raise SpecError(field_path, f"{value!r} is not a DNS-1123 label (lowercase letters, "
-                            "digits, '-', at most 63 characters)")
+            raise SpecError(field_path, f"{shown(value)} is not a DNS-1123 label (lowercase "
+                            "letters, digits, '-', at most 63 characters)")
     if not DNS1035_LABEL.match(spec.name):
-        raise SpecError("name", f"{spec.name!r} must start with a letter and contain only "
+        raise SpecError("name", f"{shown(spec.name)} must start with a letter and contain only "
                         "lowercase letters, digits and '-' (DNS-1035 label)")
     longest = f"{spec.name}-{spec.workers - 1}"
     if len(longest) > 63:
-        raise SpecError("name", f"too long: worker hostname {longest!r} has {len(longest)} "
+        raise SpecError("name", f"too long: worker hostname {shown(longest)} has {len(longest)} "
                         "characters, the limit is 63")
 
 
 def _check_formats(spec: JobSpec) -> None:
     if not IMAGE_REF.match(spec.image):
-        raise SpecError("image", f"{spec.image!r} is not a valid image reference")
+        raise SpecError("image", f"{shown(spec.image)} is not a valid image reference")
     res = spec.resources
     for field_path, value in (("resources.cpu", res.cpu), ("resources.memory", res.memory),
                               ("resources.shmSize", res.shm_size)):
         if value is not None and not QUANTITY.match(value):
-            raise SpecError(field_path, f"{value!r} is not a Kubernetes quantity "
+            raise SpecError(field_path, f"{shown(value)} is not a Kubernetes quantity "
                             "(e.g. 500m, 4, 16Gi)")
+    for field_path, value in (("resources.scratchSize", res.scratch_size),
+                              ("resources.tmpSize", res.tmp_size)):
+        if not BYTES.match(value):
+            raise SpecError(field_path, f"{shown(value)} is not a size (e.g. 20Gi, 500Mi)")
     for field_path, uri in _uris(spec):
         problem = _uri_problem(uri)
         if problem:
@@ -309,9 +373,51 @@ def _check_formats(spec: JobSpec) -> None:
     problem = _labels_problem(spec.scheduling.node_selector)
     if problem:
         raise SpecError("scheduling.nodeSelector", problem)
-    problem = _env_problem(spec.env)
+    for i, toleration in enumerate(spec.scheduling.tolerations):
+        problem = _toleration_problem(toleration)
+        if problem:
+            raise SpecError(f"scheduling.tolerations[{i}]", problem)
+    accelerator = spec.resources.accelerator
+    if accelerator is not None and (len(accelerator) > 63 or not LABEL_VALUE.match(accelerator)):
+        raise SpecError("resources.accelerator", f"{shown(accelerator)} is not a valid label "
+                        "value (it becomes a node selector)")
+    # The pod sets these itself; a second entry of the same name would be ambiguous.
+    reserved = RESERVED_ENV | {"HOME"}
+    if spec.auth.key_secret:
+        reserved.add("GOOGLE_APPLICATION_CREDENTIALS")
+    problem = _env_problem(spec.env, reserved)
     if problem:
         raise SpecError("env", problem)
+    _check_secret_env(spec, reserved)
+
+
+def _check_secret_env(spec: JobSpec, reserved: set[str]) -> None:
+    problem = _env_problem({name: "" for name in spec.secret_env}, reserved)
+    if problem:
+        raise SpecError("secretEnv", problem)
+    for name, ref in spec.secret_env.items():
+        if name in spec.env:
+            raise SpecError(f"secretEnv.{name}", "is also set in env; set it in one place")
+        if len(ref.secret) > 253 or not all(DNS1123_LABEL.match(p) for p in ref.secret.split(".")):
+            raise SpecError(f"secretEnv.{name}.secret", f"{shown(ref.secret)} is not a valid "
+                            "Secret name")
+        if not SECRET_KEY.match(ref.key):
+            raise SpecError(f"secretEnv.{name}.key", f"{shown(ref.key)} is not a valid Secret key")
+
+
+def image_warnings(spec: JobSpec) -> list[str]:
+    """Why the image reference may not run the same code twice; empty when it is pinned."""
+    if "@sha256:" in spec.image:
+        return []
+    last = spec.image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else None
+    if tag is None:
+        return [f"image: {shown(spec.image)} has no tag (Kubernetes pulls :latest); pin a tag, "
+                "better a digest (@sha256:...)"]
+    if tag == "latest":
+        return [f"image: {shown(spec.image)} uses the mutable tag :latest; pin a version, "
+                "better a digest (@sha256:...)"]
+    return []
 
 
 def _cross_checks(spec: JobSpec) -> None:
@@ -328,7 +434,7 @@ def _cross_checks(spec: JobSpec) -> None:
             raise SpecError("resources.accelerator", "required on GKE when gpus > 0")
         for field, uri in _uris(spec):
             if not uri.startswith("gs://"):
-                raise SpecError(field, f"{uri!r}: pods on GKE cannot read local paths; use gs://")
+                raise SpecError(field, f"{shown(uri)}: pods on GKE cannot read local paths; use gs://")
     if spec.resources.accelerator and not spec.resources.gpus:
         raise SpecError("resources.accelerator", "set only together with gpus > 0")
     batch = spec.training.global_batch_size
@@ -342,7 +448,8 @@ def _cross_checks(spec: JobSpec) -> None:
         raise SpecError("auth", "set at most one of gcpServiceAccount, serviceAccount, keySecret")
     if auth.gcp_service_account and not EMAIL.match(auth.gcp_service_account):
         raise SpecError("auth.gcpServiceAccount",
-                        f"{auth.gcp_service_account!r} is not NAME@PROJECT.iam.gserviceaccount.com")
+                        f"{shown(auth.gcp_service_account)} is not "
+                        "NAME@PROJECT.iam.gserviceaccount.com")
     if spec.training.checkpoint_every and spec.training.steps and \
             spec.training.checkpoint_every > spec.training.steps:
         raise SpecError("training.checkpointEvery", "is larger than training.steps")
@@ -366,6 +473,17 @@ def build_spec(raw: dict[str, Any], sets: list[str] | None = None,
     ``sets`` (``key.path=value`` strings) apply over ``raw``, then ``overrides`` (dotted path to
     value, from CLI flags) over both.
     """
+    try:
+        return _build_spec(raw, sets, overrides)
+    except RecursionError:  # a last resort: useryaml bounds nesting far below the stack
+        raise SpecError("spec", "nested too deeply") from None
+    except UnicodeEncodeError:  # lone surrogates: undecodable bytes in a flag's value
+        raise SpecError("spec", "a value is not valid Unicode text (undecodable bytes in a "
+                        "command-line argument)") from None
+
+
+def _build_spec(raw: dict[str, Any], sets: list[str] | None,
+                overrides: dict[str, Any] | None) -> JobSpec:
     if not isinstance(raw, dict):
         raise SpecError("spec", "must be a YAML mapping of fields")
     raw = apply_sets(raw, sets or [])
@@ -373,7 +491,7 @@ def build_spec(raw: dict[str, Any], sets: list[str] | None = None,
         _set_path(raw, path, value)
     profile = raw.get("profile", "generic")
     if profile not in PROFILES:
-        raise SpecError("profile", f"{profile!r} is not one of {', '.join(PROFILES)}")
+        raise SpecError("profile", f"{shown(profile)} is not one of {', '.join(PROFILES)}")
     merged = _deep_merge(PROFILE_DEFAULTS[profile], raw)
     try:
         spec = msgspec.convert(merged, JobSpec, strict=True)
@@ -386,15 +504,10 @@ def build_spec(raw: dict[str, Any], sets: list[str] | None = None,
 def read_spec_file(path: Path) -> dict[str, Any]:
     """Read a spec file as a mapping; YAML errors become one-line ``SpecError``s."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as err:
-        raise SpecError("spec", f"cannot read {path}: {err.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError("spec", f"{path} is not valid YAML{where}") from None
+        raise SpecError("spec", f"cannot read {shown(str(path))}: {err.strerror}") from None
+    raw = useryaml.load(useryaml.decode(data, str(path)), str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

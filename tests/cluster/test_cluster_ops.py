@@ -82,7 +82,7 @@ def test_delete_leaves_a_foreign_service_of_the_same_name(
     plane.must("POST", f"/api/v1/namespaces/{ns}/services", _service(ns))
     gone = cli("delete", "det")
     assert gone.exit_code == 0, gone.stderr
-    assert gone.stdout.splitlines() == ["deleted Job/det"]
+    assert gone.stdout.splitlines() == ["deleted NetworkPolicy/det", "deleted Job/det"]
     assert plane.request("GET", f"/api/v1/namespaces/{ns}/services/det")[0] == 200
 
 
@@ -157,7 +157,8 @@ def test_run_directories_are_per_namespace_and_purge_only_its_own(
         (theirs / "checkpoints" / "LATEST").write_text("9\n")
         purged = cli("delete", "det", "--purge", "--yes")
         assert purged.exit_code == 0, purged.stderr
-        assert purged.stdout.splitlines() == ["deleted Service/det", "deleted Job/det",
+        assert purged.stdout.splitlines() == ["deleted Service/det", "deleted NetworkPolicy/det",
+                                              "deleted Job/det",
                                               f"deleted {mine}"]
         assert not mine.exists()
         assert (theirs / "checkpoints" / "LATEST").read_text() == "9\n"
@@ -329,7 +330,8 @@ def test_server_dry_run_of_replace_simulates_the_delete(
                  "--set", "training.steps=500", "--image", "trainer:v2")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines() == ["job/det applied (server dry run)",
-                                          "service/det applied (server dry run)"]
+                                          "service/det applied (server dry run)",
+                                          "networkpolicy/det applied (server dry run)"]
     after = job_of(plane, ns)
     assert after["metadata"]["uid"] == before["metadata"]["uid"]
     assert after["spec"]["template"] == before["spec"]["template"]
@@ -355,7 +357,8 @@ def test_submit_twice_and_server_dry_run(plane: ControlPlane, ns: str, kubeconfi
     dry = cli("submit", str(spec_file), "--dry-run=server")
     assert dry.exit_code == 0, dry.stderr
     assert dry.stdout.splitlines() == ["job/det applied (server dry run)",
-                                       "service/det applied (server dry run)"]
+                                       "service/det applied (server dry run)",
+                                       "networkpolicy/det applied (server dry run)"]
     assert plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/det")[0] == 404
     assert plane.request("GET", f"/api/v1/namespaces/{ns}/services/det")[0] == 404
     assert cli("submit", str(spec_file)).exit_code == 0
@@ -386,3 +389,24 @@ def test_pre_submit_checks_name_the_field(plane: ControlPlane, ns: str, kubeconf
     result = cli("submit", str(spec_file), "-n", "nope")
     _one_error_line(result, "namespace 'nope' does not exist")
     assert plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/det")[0] == 404
+
+
+def test_secret_env_is_checked_before_submitting(plane: ControlPlane, ns: str,
+                                                 kubeconfig: Path, spec_file: Path) -> None:
+    ref = "secretEnv.API_KEY={secret: tracking, key: api-key}"
+    result = cli("submit", str(spec_file), "--set", ref)
+    _one_error_line(result, f"secretEnv.API_KEY: Secret 'tracking' not found in {ns}")
+    plane.must("POST", f"/api/v1/namespaces/{ns}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tracking", "namespace": ns},
+        "data": {"other": "eA=="}})
+    result = cli("submit", str(spec_file), "--set", ref)
+    _one_error_line(result, "secretEnv.API_KEY: Secret 'tracking' has no 'api-key' entry")
+    plane.must("PATCH", f"/api/v1/namespaces/{ns}/secrets/tracking",
+               {"data": {"api-key": "c2VjcmV0LXZhbHVl"}},
+               content_type="application/merge-patch+json")
+    result = cli("submit", str(spec_file), "--set", ref)
+    assert result.exit_code == 0, result.stderr
+    job = json.dumps(job_of(plane, ns))
+    assert "secret-value" not in job and "c2VjcmV0LXZhbHVl" not in job
+    assert "secret-value" not in (Path(spec_file).parent / "runs" / ns / "det" /
+                                  contract.RUN_SPEC).read_text()

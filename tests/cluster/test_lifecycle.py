@@ -28,7 +28,8 @@ def test_two_workers_preempted_replaced_and_done(plane: ControlPlane, ns: str, k
                                                  spec_file: Path) -> None:
     submitted = cli("submit", str(spec_file))
     assert submitted.exit_code == 0, submitted.stderr
-    assert submitted.stdout.splitlines() == ["job/det applied", "service/det applied"]
+    assert submitted.stdout.splitlines() == ["job/det applied", "service/det applied",
+                                             "networkpolicy/det applied"]
     pods = plane.wait_pods(ns, "det", 2)
     assert {p["spec"]["hostname"] for p in pods} == {"det-0", "det-1"}
     # Bound but not started: the Job counts them active, yet nothing runs.
@@ -86,7 +87,8 @@ def test_two_workers_preempted_replaced_and_done(plane: ControlPlane, ns: str, k
 
     gone = cli("delete", "det")
     assert gone.exit_code == 0, gone.stderr
-    assert gone.stdout.splitlines() == ["deleted Service/det", "deleted Job/det"]
+    assert gone.stdout.splitlines() == ["deleted Service/det", "deleted NetworkPolicy/det",
+                                        "deleted Job/det"]
     wait_for(lambda: plane.request("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/det")[0] == 404,
              "Job gone")
     assert plane.pods(ns, "det") == []

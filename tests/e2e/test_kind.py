@@ -87,7 +87,7 @@ def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path
     })
     context = kind.context(cluster)
     _, applied, checks = api.submit(spec, context)
-    assert [o["kind"] for o in applied] == ["Job", "Service"]
+    assert [o["kind"] for o in applied] == ["Job", "Service", "NetworkPolicy"]
     assert not [c for c in checks if c.level == "error"], checks
     deadline = time.monotonic() + 900
     while (st := api.status("e2e-ft", "default", context)).phase not in ("Succeeded", "Failed"):
@@ -97,4 +97,5 @@ def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path
     assert st.step == 8 and latest_step(storage, f"gs://{BUCKET}/runs/default/e2e-ft") == 8
     lines = cluster_ops.logs(connect(context), "e2e-ft", "default")
     assert any(line.startswith("[1] ") and "step 8/8" in line for line in lines)
-    assert api.delete("e2e-ft", "default", context) == ["Service/e2e-ft", "Job/e2e-ft"]
+    assert api.delete("e2e-ft", "default", context) == [
+        "Service/e2e-ft", "NetworkPolicy/e2e-ft", "Job/e2e-ft"]

@@ -39,7 +39,7 @@ def test_dockerfile_shape() -> None:
     assert "ARG BASE_IMAGE=tensorflow/tensorflow:2.20.0-gpu" in text
     # dependencies before code, so code changes reuse the dependency layer
     assert text.index("requirements-trainer.txt") < text.index("COPY launcher")
-    assert "USER 1000:1000" in text and 'ENTRYPOINT ["python", "-m", "trainer"]' in text
+    assert "USER 10001:10001" in text and 'ENTRYPOINT ["python", "-m", "trainer"]' in text
     pins = (ROOT / "images" / "requirements-trainer.txt").read_text().splitlines()
     requirements = [line for line in pins if line and not line.startswith("#")]
     assert all("==" in line for line in requirements)

@@ -125,13 +125,33 @@ def test_user_error_stops_everyone_and_reports_the_line(tmp_path: Path) -> None:
 
 
 def test_sigint_stops_every_worker(tmp_path: Path) -> None:
+    proc, pids = _hanging_run(tmp_path, grace=5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted: all workers stopped" in err
+    for pid in pids:
+        assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _hanging_run(tmp_path: Path, grace: int = 60) -> tuple[subprocess.Popen[str], list[int]]:
+    """`launcher run-local` (a process of its own) with two workers that hang; their PIDs."""
     spec = copy.deepcopy(BASE_SPEC)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     spec.update(workers=2, command=["python", str(script)], args=[], runDir=str(tmp_path / "r"),
                 env={"STATE_DIR": str(tmp_path),
                      "PLAN": json.dumps({"0": ["hang"], "1": ["hang"]})},
-                scheduling={"terminationGracePeriodSeconds": 5})
+                scheduling={"terminationGracePeriodSeconds": grace})
     spec["training"]["globalBatchSize"] = 16
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
@@ -141,11 +161,54 @@ def test_sigint_stops_every_worker(tmp_path: Path) -> None:
     while not all((tmp_path / f"pid-{i}").exists() for i in (0, 1)):
         assert time.monotonic() < deadline, "workers did not start"
         time.sleep(0.1)
-    pids = [int((tmp_path / f"pid-{i}").read_text()) for i in (0, 1)]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
-    assert "interrupted: all workers stopped" in err
-    for pid in pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    return proc, [int((tmp_path / f"pid-{i}").read_text()) for i in (0, 1)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signals are Linux-only")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_workers_die_with_their_launcher(tmp_path: Path, sig: int) -> None:
+    proc, pids = _hanging_run(tmp_path)
+    assert all(_alive(pid) for pid in pids)
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"workers {pids} outlived the launcher"
+        time.sleep(0.1)
+
+
+SCRATCH_WORKER = textwrap.dedent("""
+    import os, sys, tempfile
+    with open(os.path.join(tempfile.mkdtemp(prefix="trainer-"), "shard"), "w") as f:
+        f.write("x")
+    print("tmp", tempfile.gettempdir(), "home", os.environ["HOME"], "creds",
+          os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"), "literal", sys.argv[1], flush=True)
+    sys.exit(int(os.environ["CODE"]))
+""")
+
+
+@pytest.mark.parametrize("code", ["0", "1"])
+def test_each_attempt_leaves_no_scratch_and_keeps_local_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    raw = copy.deepcopy(BASE_SPEC)
+    script = tmp_path / "worker.py"
+    script.write_text(SCRATCH_WORKER)
+    raw.update(workers=2, command=["python", str(script)], args=["$$(JOB_COMPLETION_INDEX)"],
+               env={"CODE": code}, auth={"keySecret": "gcs-key"})
+    raw["training"]["globalBatchSize"] = 16
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "mine.json"))
+    out = io.StringIO()
+    runner = LocalRunner(job_object(render(build_spec(raw))), retries=0, grace=5, out=out)
+    if code == "0":
+        runner.run()
+    else:
+        with pytest.raises(LocalRunError):
+            runner.run()
+    lines = [line.split() for line in out.getvalue().splitlines() if " tmp " in line]
+    assert len(lines) == 2
+    for words in lines:
+        tmp = Path(words[2])
+        assert tmp.name in ("0", "1") and tmp.parent.name.startswith("launcher-run-")
+        assert not tmp.parent.exists(), "the attempt's scratch directory was left behind"
+        assert words[6] == str(tmp_path / "mine.json")  # not the pod's /var/secrets path
+        assert words[8] == "$(JOB_COMPLETION_INDEX)"  # $$ escapes, as the kubelet does

@@ -12,8 +12,9 @@ import yaml
 
 from launcher import contract
 from launcher.api import build_objects
+from launcher.errors import SpecError
 from launcher.render import RETRY_CODES, render, to_json, to_yaml
-from launcher.spec import build_spec
+from launcher.spec import build_spec, image_warnings
 from launcher.validate import validate_objects
 from tests.conftest import BASE_SPEC
 
@@ -53,6 +54,22 @@ def test_rendered_objects_are_schema_valid_and_tf_config_matches(profile: str,
     assert js["completions"] == js["parallelism"] == workers
     pod = js["template"]["spec"]
     assert pod["subdomain"] == service["metadata"]["name"] == "det"
+    # Only the job's own pods reach the workers' port.
+    policy = kinds["NetworkPolicy"]["spec"]
+    selector = {contract.LABEL_INSTANCE: "det", contract.LABEL_COMPONENT: "trainer"}
+    assert selector.items() <= js["template"]["metadata"]["labels"].items()
+    assert policy["podSelector"]["matchLabels"] == selector
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": selector}}],
+                                  "ports": [{"protocol": "TCP", "port": 2222}]}]
+    # Disk is bounded: emptyDir size limits, and the pod asks for (and is limited to) their sum.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    scratch = {"gke": "100Gi", "kind": "5Gi", "generic": "20Gi"}[profile]
+    assert volumes["scratch"]["emptyDir"]["sizeLimit"] == scratch
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"] == "1Gi"
+    total = f"{int(scratch[:-2]) + 1}Gi"
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] == resources["limits"][
+        "ephemeral-storage"] == total
     assert pod["restartPolicy"] == "Never"
     env = pod["containers"][0]["env"]
     assert env[0]["name"] == contract.ENV_INDEX
@@ -121,11 +138,11 @@ def test_kind_profile_has_no_gpu_fields(base_spec: dict[str, Any]) -> None:
 def test_workload_identity_renders_service_account(base_spec: dict[str, Any]) -> None:
     base_spec["auth"] = {"gcpServiceAccount": "trainer@proj-1.iam.gserviceaccount.com"}
     _, objects = build_objects(build_spec(base_spec))
-    assert [o["kind"] for o in objects] == ["ServiceAccount", "Service", "Job"]
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "Service", "NetworkPolicy", "Job"]
     sa = objects[0]
     assert sa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == \
         "trainer@proj-1.iam.gserviceaccount.com"
-    assert objects[2]["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert objects[3]["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
 
 
 def test_key_secret_is_mounted_never_inlined(base_spec: dict[str, Any]) -> None:
@@ -157,7 +174,7 @@ def test_free_text_values_cannot_inject_yaml(base_spec: dict[str, Any], payload:
     base_spec["env"] = {"NOTE": payload}
     base_spec["scheduling"] = {"nodeSelector": {"pool": "a"}}
     objects = render(build_spec(base_spec))
-    assert len(objects) == 2
+    assert [o["kind"] for o in objects] == ["Service", "NetworkPolicy", "Job"]
     env = _by_kind(objects)["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e for e in env if e["name"] == "NOTE"] == [{"name": "NOTE", "value": payload}]
     assert not any(e["name"] == "EVIL" for e in env)
@@ -187,3 +204,35 @@ def test_yaml_and_json_outputs_round_trip(base_spec: dict[str, Any]) -> None:
     objects = render(build_spec(base_spec))
     assert list(yaml.safe_load_all(to_yaml(objects))) == objects
     assert json.loads(to_json(objects))["items"] == objects
+
+
+def test_secret_env_renders_references(base_spec: dict[str, Any]) -> None:
+    base_spec["secretEnv"] = {"WANDB_API_KEY": {"secret": "tracking", "key": "api-key"}}
+    spec = build_spec(base_spec)
+    _, objects = build_objects(spec)
+    env = _by_kind(objects)["Job"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "tracking", "key": "api-key"}}} in env
+    for bad, field in [({"HOME": {"secret": "s", "key": "k"}}, "secretEnv"),
+                       ({"X": {"secret": "Bad_Name", "key": "k"}}, "secretEnv.X.secret"),
+                       ({"X": {"secret": "s", "key": "a/b"}}, "secretEnv.X.key")]:
+        with pytest.raises(SpecError) as err:
+            build_spec({**base_spec, "secretEnv": bad})
+        assert err.value.field == field
+    with pytest.raises(SpecError, match="is also set in env"):
+        build_spec({**base_spec, "env": {"X": "1"},
+                    "secretEnv": {"X": {"secret": "s", "key": "k"}}})
+
+
+@pytest.mark.parametrize(("image", "warned"), [
+    ("repo/trainer:latest", ":latest"), ("repo/trainer", "has no tag"),
+    ("registry:5000/trainer", "has no tag"), ("repo/trainer:1.2", None),
+    ("repo/trainer@sha256:" + "a" * 64, None),
+])
+def test_mutable_image_tags_warn(base_spec: dict[str, Any], image: str,
+                                 warned: str | None) -> None:
+    warnings = image_warnings(build_spec({**base_spec, "image": image}))
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warned in warnings[0]

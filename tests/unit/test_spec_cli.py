@@ -162,7 +162,7 @@ def test_render_output_dir_writes_one_file_per_object(tmp_path: Path) -> None:
                                  "--validate"])
     assert result.exit_code == 0, result.stderr
     files = sorted(p.name for p in (tmp_path / "o").iterdir())
-    assert files == ["00-service-det.yaml", "01-job-det.yaml"]
+    assert files == ["00-service-det.yaml", "01-networkpolicy-det.yaml", "02-job-det.yaml"]
 
 
 def test_validate_reports_ok(tmp_path: Path) -> None:
