@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.storage import Storage, StorageError
 
     try:
-        storage = Storage()
+        storage = Storage.from_env(dict(os.environ))
         cfg = from_args(sys.argv[1:] if argv is None else argv, dict(os.environ),
                         storage.read_text)
         info = cluster_mod.from_env()
@@ -43,6 +43,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StorageError, cluster_mod.ClusterError) as err:
         log.error("error: %s", err)
         return contract.EXIT_USER_ERROR
+    except Exception as err:
+        if not _transient(err):
+            raise
+        log.error("error: storage unavailable: %s: %s", type(err).__name__,
+                  str(err).splitlines()[0][:300] if str(err) else "")
+        return contract.EXIT_RETRYABLE
+
+
+def _transient(err: BaseException) -> bool:
+    """Infrastructure failures that a restart may not meet again: a checkpoint that could not
+    be published, GCS answering 429 or 5xx or not at all beyond the retry deadline."""
+    from trainer.checkpoints import PublishError
+
+    if isinstance(err, PublishError):
+        return True
+    try:
+        import requests
+        from google.api_core import exceptions as api
+    except ImportError:
+        return False
+    return isinstance(err, (api.TooManyRequests, api.ServerError, api.RetryError,
+                            requests.ConnectionError, requests.Timeout))
 
 
 if __name__ == "__main__":

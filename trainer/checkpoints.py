@@ -64,21 +64,36 @@ def stage(storage: Storage, prefix: str, dest: Path) -> str:
     return str(dest / stem)
 
 
+class PublishError(Exception):
+    """A checkpoint could not be published (storage unreachable beyond the retry deadline,
+    read-only, ...). Retryable: the job restarts from the newest published checkpoint."""
+
+
 class Publisher:
     """Uploads checkpoints from the chief in the background while training goes on."""
 
-    def __init__(self, storage: Storage, run_dir: str, keep: int) -> None:
+    def __init__(self, storage: Storage, run_dir: str, keep: int,
+                 staging: Path | None = None) -> None:
         self.storage = storage
         self.target = checkpoints_dir(run_dir)
         self.run_dir = run_dir
         self.keep = keep
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
         self._pending: list[Future[None]] = []
-        self._staging = Path(tempfile.mkdtemp(prefix="publish-"))
+        # Hard-linked snapshots, so inside the run's scratch directory (same file system).
+        if staging is None:
+            staging = Path(tempfile.mkdtemp(prefix="publish-"))
+        staging.mkdir(parents=True, exist_ok=True)
+        self._staging = staging
 
     def publish(self, local_prefix: str, step: int, extra_dirs: dict[str, Path] | None = None
                 ) -> Future[None]:
-        """Snapshot ``local_prefix``'s files now and upload them as ``ckpt-<step>`` later."""
+        """Snapshot ``local_prefix``'s files now and upload them as ``ckpt-<step>`` later.
+
+        At most one checkpoint is in flight: this first waits for the previous upload (which
+        had the training steps since to finish) and raises ``PublishError`` if it failed, so a
+        storage failure surfaces at the next checkpoint instead of at the end of training."""
+        self.wait()
         snap = self._staging / str(step)
         snap.mkdir(parents=True, exist_ok=True)
         local = Path(local_prefix)
@@ -121,11 +136,19 @@ class Publisher:
                 for uri in sorted(uris, key=lambda u: not u.endswith(".index")):
                     self.storage.delete(uri)  # index first: a half-deleted one is unreadable
 
+    def _result(self, future: Future[None]) -> None:
+        try:
+            future.result()
+        except Exception as err:
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            raise PublishError(f"publishing a checkpoint to {self.target} failed: "
+                               f"{type(err).__name__}: {first}") from err
+
     def wait(self) -> None:
-        """Block until every upload has finished; re-raise the first failure."""
+        """Block until every upload has finished; ``PublishError`` for the first failure."""
         pending, self._pending = self._pending, []
         for future in pending:
-            future.result()
+            self._result(future)
 
     def close(self) -> None:
         """Finish uploads and stop the thread."""

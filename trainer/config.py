@@ -113,8 +113,10 @@ def from_args(argv: list[str], env: dict[str, str],
     """Flags, over the pipeline.config (if any, read with ``read_text``), over the defaults."""
     try:
         ns = parser().parse_args(argv)
-    except SystemExit as exc:  # argparse already printed the reason
-        raise ConfigError("invalid command-line arguments") from exc
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help: printed, and nothing is wrong
+            raise
+        raise ConfigError("invalid command-line arguments") from exc  # argparse said why
     pipeline = None
     if ns.pipeline_config:
         if read_text is None:

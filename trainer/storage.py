@@ -3,6 +3,7 @@ disk, behind one small interface: glob, parallel download, upload, small text re
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob as globlib
 import os
@@ -40,10 +41,35 @@ def join(base: str, *parts: str) -> str:
 
 @dataclass
 class Storage:
-    """GCS and local files. The GCS client is created on first use (it reads credentials)."""
+    """GCS and local files. The GCS client is created on first use (it reads credentials).
+
+    Every GCS request gives up after ``timeout`` seconds without an answer (a stalled
+    connection) and transient failures (429, 5xx, refused or reset connections, timeouts) are
+    retried with exponential backoff for up to ``retry_deadline`` seconds; uploads included,
+    which the client library does not retry by default (ours are idempotent: the same bytes to
+    the same name, and the ``LATEST`` pointer last)."""
 
     parallelism: int = 8
+    timeout: float = 60.0
+    retry_deadline: float = 300.0
     _client: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> Storage:
+        """Settings from ``TRAINER_STORAGE_TIMEOUT`` and ``TRAINER_STORAGE_RETRY_DEADLINE``."""
+        try:
+            return cls(timeout=float(env.get("TRAINER_STORAGE_TIMEOUT", cls.timeout)),
+                       retry_deadline=float(env.get("TRAINER_STORAGE_RETRY_DEADLINE",
+                                                    cls.retry_deadline)))
+        except ValueError as err:
+            raise StorageError(f"TRAINER_STORAGE_*: {err}") from None
+
+    @property
+    def _calls(self) -> dict[str, Any]:
+        """``timeout`` and ``retry`` arguments for every client call."""
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        return {"timeout": self.timeout, "retry": DEFAULT_RETRY.with_timeout(self.retry_deadline)}
 
     @property
     def client(self) -> Any:
@@ -66,7 +92,7 @@ class Storage:
         bucket, name = split_gcs(pattern)
         match = GLOB_CHARS.search(name)
         prefix = name[:match.start()] if match else name
-        blobs = self.client.list_blobs(bucket, prefix=prefix)
+        blobs = self.client.list_blobs(bucket, prefix=prefix, **self._calls)
         names = [b.name for b in blobs]
         if match is None:
             return [f"gs://{bucket}/{name}"] if name in names else []
@@ -79,15 +105,15 @@ class Storage:
             return sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
         bucket, name = split_gcs(prefix)
         name = name.rstrip("/") + "/" if name else ""
-        return sorted(f"gs://{bucket}/{b.name}" for b in self.client.list_blobs(bucket,
-                                                                                  prefix=name))
+        return sorted(f"gs://{bucket}/{b.name}" for b in self.client.list_blobs(
+            bucket, prefix=name, **self._calls))
 
     def exists(self, uri: str) -> bool:
         """Whether the object or file exists."""
         if not is_gcs(uri):
             return Path(uri).exists()
         bucket, name = split_gcs(uri)
-        return self.client.bucket(bucket).blob(name).exists()
+        return self.client.bucket(bucket).blob(name).exists(**self._calls)
 
     def read_text(self, uri: str) -> str:
         """Contents of a small text object; ``StorageError`` if it is missing."""
@@ -95,7 +121,7 @@ class Storage:
             if not is_gcs(uri):
                 return Path(uri).read_text(encoding="utf-8")
             bucket, name = split_gcs(uri)
-            return self.client.bucket(bucket).blob(name).download_as_text()
+            return self.client.bucket(bucket).blob(name).download_as_text(**self._calls)
         except (FileNotFoundError, IsADirectoryError) as err:
             raise StorageError(f"{uri}: not found") from err
         except Exception as err:
@@ -107,7 +133,7 @@ class Storage:
         """Write a small text object in one request (atomic on GCS and via rename locally)."""
         if is_gcs(uri):
             bucket, name = split_gcs(uri)
-            self.client.bucket(bucket).blob(name).upload_from_string(text)
+            self.client.bucket(bucket).blob(name).upload_from_string(text, **self._calls)
             return
         path = Path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +151,7 @@ class Storage:
             return dest
         bucket, name = split_gcs(uri)
         try:
-            self.client.bucket(bucket).blob(name).download_to_filename(str(dest))
+            self.client.bucket(bucket).blob(name).download_to_filename(str(dest), **self._calls)
         except Exception as err:
             if type(err).__name__ == "NotFound":
                 dest.unlink(missing_ok=True)
@@ -143,7 +169,7 @@ class Storage:
         """Copy a local file to ``uri``."""
         if is_gcs(uri):
             bucket, name = split_gcs(uri)
-            self.client.bucket(bucket).blob(name).upload_from_filename(str(src))
+            self.client.bucket(bucket).blob(name).upload_from_filename(str(src), **self._calls)
             return
         dest = Path(uri)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +193,8 @@ class Storage:
             Path(uri).unlink(missing_ok=True)
             return
         bucket, name = split_gcs(uri)
-        blob = self.client.bucket(bucket).blob(name)
-        if blob.exists():
-            blob.delete()
+        from google.api_core.exceptions import NotFound
+
+        # Already gone counts as deleted (also: a retried delete whose first try went through).
+        with contextlib.suppress(NotFound):
+            self.client.bucket(bucket).blob(name).delete(**self._calls)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -164,8 +165,11 @@ class Run:
         step = self.step
         log.warning("preempted: checkpoint of step %d saved; finishing the upload", step)
         if self.publisher is not None and self.manager.latest_checkpoint:
-            self.publisher.publish(self.manager.latest_checkpoint, step)
-            self.publisher.close()
+            try:
+                self.publisher.publish(self.manager.latest_checkpoint, step)
+                self.publisher.close()
+            except checkpoints.PublishError as err:
+                log.error("error: %s; the restart resumes from an earlier checkpoint", err)
         sys.exit(contract.EXIT_RETRYABLE)
 
 
@@ -206,7 +210,8 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
             log.info("training from scratch")
     local_dir = scratch / ("checkpoints" if cluster.is_chief else "checkpoints-worker")
     manager = tf.train.CheckpointManager(ckpt, str(local_dir), max_to_keep=2)
-    publisher = (checkpoints.Publisher(storage, cfg.run_dir, cfg.keep_checkpoints)
+    publisher = (checkpoints.Publisher(storage, cfg.run_dir, cfg.keep_checkpoints,
+                                       staging=scratch / "publish")
                  if cluster.is_chief else None)
     return Run(cfg, cluster, storage, strategy, task, model, optimizer, metrics, manager,
                publisher, scratch)
@@ -214,12 +219,22 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
 
 def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
           num_classes: int, storage: Storage) -> int:
-    """Run the job; returns the process exit code (see ``launcher.contract``)."""
+    """Run the job; returns the process exit code (see ``launcher.contract``). The scratch
+    directory (staged inputs, local checkpoints, export) is removed on every way out, exit 42
+    through ``SystemExit`` included."""
+    scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
+    try:
+        return _train(cfg, cluster, labels, num_classes, storage, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
+           num_classes: int, storage: Storage, scratch: Path) -> int:
     import tensorflow as tf
 
     from trainer.data import build_dataset
 
-    scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
     staged = stage_inputs(cfg, storage, cluster, scratch)
     if cluster.is_chief:
         _record_config(cfg, storage)
@@ -270,10 +285,38 @@ def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
             log.error("a peer was lost at step %d: %s", step, str(err).splitlines()[0][:200])
             return contract.EXIT_PEER_LOST
         raise
+    except checkpoints.PublishError as err:
+        # At the next checkpoint, not at the end: the restart resumes from the newest
+        # published checkpoint instead of training on towards checkpoints nobody can keep.
+        log.error("error: %s; stopping at step %d to restart from the newest published "
+                  "checkpoint", err, step)
+        return contract.EXIT_RETRYABLE
     if cluster.is_chief:
         finish(run, staged)
+    if cluster.workers:
+        _leave_together(cluster)
     log.info("done: %d steps, checkpoints in %s", step, checkpoints.checkpoints_dir(cfg.run_dir))
     return contract.EXIT_OK
+
+
+# Eval and export on the chief take minutes on a large eval set; its peers wait that long.
+EXIT_BARRIER_TIMEOUT_MS = 6 * 3600 * 1000
+
+
+def _leave_together(cluster: ClusterInfo) -> None:
+    """Wait, on the coordination service, until every worker is done (the chief after eval and
+    export), so that all leave at once. A worker that left early would be reported by the chief's
+    coordination service as crashed ("The tasks have crashed ... CoordinationServiceError"),
+    which reads as a failure of a run that succeeded."""
+    from tensorflow.python.eager import context
+
+    try:
+        context.context().wait_at_barrier("launcher-trainer-exit", EXIT_BARRIER_TIMEOUT_MS)
+    except Exception as err:  # the chief failed after training: its own exit code says so
+        if not cluster.is_chief:
+            log.warning("the chief did not finish cleanly: %s", str(err).splitlines()[0][:200])
+            return
+        raise
 
 
 def _record_config(cfg: TrainConfig, storage: Storage) -> None:

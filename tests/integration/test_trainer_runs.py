@@ -48,7 +48,7 @@ def _finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, str, str
 
 
 def _run_dir(spec_file: Path) -> str:
-    return f"gs://{BUCKET}/runs-{spec_file.parent.name}/ft"
+    return f"gs://{BUCKET}/runs-{spec_file.parent.name}/default/ft"
 
 
 def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
@@ -59,6 +59,10 @@ def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
                       training={"export": True})
     code, out, err = _finish(_launcher("run-local", str(spec)), [])
     assert code == 0, out[-4000:] + err
+    # A clean finish reads as one: no coordination-service error at shutdown.
+    shutdown_noise = [line for line in (out + err).splitlines()
+                      if "CoordinationService" in line or "have crashed" in line]
+    assert not shutdown_noise, "\n".join(shutdown_noise)
     run_dir = _run_dir(spec)
     assert "[0]" in out and "[1]" in out
     assert "fine-tuning (detection)" in out
