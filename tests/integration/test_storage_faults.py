@@ -69,9 +69,10 @@ def test_a_persistent_fault_gives_up_after_the_retry_deadline(
 
 
 def _trainer(proxy: FaultProxy, run_dir: str, dataset: dict[str, str], checkpoint: str,
-             steps: int, scratch: Path | None = None) -> subprocess.Popen[str]:
+             steps: int, scratch: Path | None = None, deadline: int = 8
+             ) -> subprocess.Popen[str]:
     env = {**trainer_env(), "STORAGE_EMULATOR_HOST": proxy.url,
-           "TRAINER_STORAGE_TIMEOUT": "2", "TRAINER_STORAGE_RETRY_DEADLINE": "8"}
+           "TRAINER_STORAGE_TIMEOUT": "2", "TRAINER_STORAGE_RETRY_DEADLINE": str(deadline)}
     if scratch is not None:
         env["TRAINER_SCRATCH"] = str(scratch)
     cmd = [sys.executable, "-m", "trainer", "--run-dir", run_dir, "--train", dataset["train"],
@@ -101,7 +102,8 @@ def test_training_through_flaky_storage_loses_no_checkpoint(
         proxy: FaultProxy, gcs: Storage, dataset: dict[str, str], base_checkpoint: str) -> None:
     run_dir = f"gs://{BUCKET}/faults-flaky"
     seen: list[str] = []
-    proc = _trainer(proxy, run_dir, dataset, base_checkpoint, steps=12)
+    # Three faults may hit one request in a row: 1 + 2 + 4 s of backoff and a 2 s timeout.
+    proc = _trainer(proxy, run_dir, dataset, base_checkpoint, steps=12, deadline=40)
     _read_until(proc, r"step 4/12", seen)
     # Open connections are dropped now (mid-upload of ckpt-4, likely), and the next three
     # connections meet a 503, a reset and a stall.

@@ -1,0 +1,172 @@
+"""Check this worker's TFRecord shards before training: count what is usable, skip and count what
+is not, name any file that cannot be read at all.
+
+The OD API's records are trusted by its own tools; ours are not. An example is skipped (and
+counted under its reason) when it has no boxes, a box outside [0, 1] or with min >= max, box and
+class lists of different lengths, a class id outside 1..max id of the label map (0 is the
+background), a class name missing from the label map, or an image that is neither JPEG nor PNG.
+The input pipeline (``trainer.data``) skips exactly these examples, so the counts printed here are
+what training does.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REASONS = {
+    "no_boxes": "no boxes",
+    "bad_box": "a box outside [0, 1] or with min >= max",
+    "mismatched": "box and class lists of different lengths",
+    "bad_label": "a class id outside the label map's 1..max id",
+    "unknown_text": "a class name missing from the label map",
+    "bad_image": "an image that is neither JPEG nor PNG",
+}
+BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin",
+            "image/object/bbox/ymax")
+# Boxes a hair outside [0, 1] come from float rounding in conversion tools; the parser clips.
+EPSILON = 1e-3
+
+
+class RecordsError(Exception):
+    """A shard cannot be read, or too little of the data is usable: a user error (exit 1)."""
+
+
+@dataclass
+class FileReport:
+    """What one TFRecord file holds."""
+
+    path: str
+    records: int = 0
+    usable: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class ScanReport:
+    """A worker's shards, file by file."""
+
+    files: list[FileReport] = field(default_factory=list)
+    compressed: bool = False
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.files)
+
+    @property
+    def usable(self) -> int:
+        return sum(f.usable for f in self.files)
+
+    def skipped(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for report in self.files:
+            total.update(report.skipped)
+        return total
+
+    def summary(self) -> str:
+        """One line: usable of total, and each reason with its count and worst file."""
+        skipped = self.skipped()
+        parts = [f"{self.usable} of {self.records} examples usable in {len(self.files)} "
+                 f"file(s)"]
+        for reason, count in skipped.most_common():
+            worst = max(self.files, key=lambda f: f.skipped[reason])
+            parts.append(f"{count} skipped for {REASONS[reason]} "
+                         f"({worst.skipped[reason]} in {Path(worst.path).name})")
+        return "; ".join(parts)
+
+
+def is_gzip(path: Path) -> bool:
+    """Whether a file is gzip-compressed (the OD API's TFRecordWriter can write GZIP)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def compression(paths: list[Path]) -> str:
+    """``""`` or ``"GZIP"`` for all of ``paths``; mixed compression is an error."""
+    kinds = {is_gzip(p) for p in paths}
+    if len(kinds) > 1:
+        gz = [p.name for p in paths if is_gzip(p)][:3]
+        raise RecordsError(f"some TFRecord files are GZIP-compressed ({', '.join(gz)}, ...) and "
+                           "some are not; use one kind")
+    return "GZIP" if kinds == {True} else ""
+
+
+def example_problem(example: object, name_to_id: dict[str, int] | None,
+                    max_id: int) -> str | None:
+    """Why a ``tf.train.Example`` is unusable (a ``REASONS`` key), or None."""
+    features = example.features.feature  # type: ignore[attr-defined]
+
+    def floats(key: str) -> list[float]:
+        return list(features[key].float_list.value) if key in features else []
+
+    boxes = [floats(k) for k in BOX_KEYS]
+    count = len(boxes[0])
+    labels = list(features["image/object/class/label"].int64_list.value) \
+        if "image/object/class/label" in features else []
+    texts = list(features["image/object/class/text"].bytes_list.value) \
+        if "image/object/class/text" in features else []
+    encoded = features["image/encoded"].bytes_list.value[0] \
+        if "image/encoded" in features and features["image/encoded"].bytes_list.value else b""
+    if not (encoded.startswith(b"\xff\xd8") or encoded.startswith(b"\x89PNG")):
+        return "bad_image"
+    if count == 0:
+        return "no_boxes"
+    classes = labels if labels else texts
+    if any(len(b) != count for b in boxes) or len(classes) != count:
+        return "mismatched"
+    xmin, xmax, ymin, ymax = boxes
+    for x0, x1, y0, y1 in zip(xmin, xmax, ymin, ymax, strict=True):
+        if not (-EPSILON <= x0 < x1 <= 1 + EPSILON and -EPSILON <= y0 < y1 <= 1 + EPSILON):
+            return "bad_box"
+    if labels:
+        if any(not 1 <= label <= max_id for label in labels):
+            return "bad_label"
+    elif name_to_id is None or any(t.decode(errors="replace") not in name_to_id for t in texts):
+        return "unknown_text"
+    return None
+
+
+def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> ScanReport:
+    """Read every record of ``paths``; ``RecordsError`` naming a file that is not a TFRecord
+    file (truncated, random bytes) or a compression mix."""
+    import tensorflow as tf
+
+    kind = compression(paths)
+    report = ScanReport(compressed=kind == "GZIP")
+    for path in paths:
+        file_report = FileReport(str(path))
+        try:
+            for raw in tf.data.TFRecordDataset(str(path), compression_type=kind).as_numpy_iterator():
+                file_report.records += 1
+                example = tf.train.Example.FromString(raw)
+                problem = example_problem(example, name_to_id, max_id)
+                if problem:
+                    file_report.skipped[problem] += 1
+                else:
+                    file_report.usable += 1
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+                gzip.BadGzipFile) as err:
+            first = str(err).splitlines()[0][:160]
+            raise RecordsError(f"{path.name}: not a readable TFRecord file after "
+                               f"{file_report.records} records ({first})") from None
+        except Exception as err:  # a record that is not a tf.train.Example
+            if type(err).__name__ != "DecodeError":
+                raise
+            raise RecordsError(f"{path.name}: record {file_report.records} is not a "
+                               "tf.train.Example") from None
+        report.files.append(file_report)
+    return report
+
+
+def check(report: ScanReport, max_skipped_fraction: float, what: str) -> None:
+    """Fail when nothing is usable or more than ``max_skipped_fraction`` is skipped."""
+    if report.usable == 0:
+        names = ", ".join(Path(f.path).name for f in report.files[:5])
+        raise RecordsError(f"{what}: no usable example in {names}: {report.summary()}")
+    skipped = report.records - report.usable
+    if report.records and skipped / report.records > max_skipped_fraction:
+        raise RecordsError(f"{what}: {skipped / report.records:.1%} of the examples are "
+                           f"unusable, more than --max-skipped-fraction "
+                           f"{max_skipped_fraction:g}: {report.summary()}")
