@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from launcher import __version__
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, SpecError
 from launcher.validate import DEFAULT_K8S_VERSION
 
 app = typer.Typer(
@@ -201,12 +201,20 @@ def render(
 def validate(spec_source: Any, k8s_version: K8sVersion = DEFAULT_K8S_VERSION) -> None:
     """Validate the spec and every rendered object (strict schema + cross-field rules)."""
     from launcher.api import build_objects
+    from launcher.cluster import input_checks
 
     try:
         spec, objects = build_objects(spec_source, k8s_version)
     except LauncherError as err:
         raise fail(err) from None
     _warn_image(spec)
+    checks = input_checks(spec)
+    for check in checks:
+        if check.level == "warning":
+            typer.echo(f"warning: {check.message}", err=True)
+    errors = [c.message for c in checks if c.level == "error"]
+    if errors:
+        raise fail(SpecError("", "; ".join(errors)))
     kinds = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
     typer.echo(f"ok: {spec.name} ({spec.workers} workers, profile {spec.profile}): {kinds} "
                f"valid for Kubernetes {k8s_version}")

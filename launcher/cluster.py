@@ -141,41 +141,43 @@ def _queue_checks(kube: Kube, namespace: str, queue: str) -> list[Check]:
 
 
 def storage_checks(spec: Any) -> list[Check]:
-    """Inputs exist and the run directory is writable, when GCS can be reached from here."""
+    """``input_checks`` and that the run directory is writable."""
+    return input_checks(spec, probe_write=True)
+
+
+def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
+    """What the trainer will refuse, found here: its own reading of the rendered flags, the
+    pipeline.config and the label map; then that every TFRecord glob matches (and, with
+    ``probe_write``, that the run directory is writable), when storage can be reached."""
+    if spec.command is not None:
+        return []  # a trainer of the user's own
     try:
+        from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
         from trainer.storage import Storage, StorageError
     except ImportError:
-        return [Check("warning", "GCS not checked: install the [trainer] extra to check inputs")]
+        return [Check("warning", "inputs not checked: install the [trainer] extra to check "
+                                 "them")]
+    from launcher.render import trainer_args
+
     storage = Storage()
     try:
-        checks = []
-        for label, uri in (("model.labelMap", spec.model.label_map),
-                           ("model.pipelineConfig", spec.model.pipeline_config)):
-            if uri and not storage.exists(uri):
-                checks.append(Check("error", f"{label}: {uri} not found"))
-        if spec.model.label_map and spec.model.num_classes and storage.exists(spec.model.label_map):
-            from trainer.config import ConfigError, parse_label_map
-
-            try:
-                labels = parse_label_map(storage.read_text(spec.model.label_map),
-                                         spec.model.label_map)
-                if len(labels) != spec.model.num_classes:
-                    checks.append(Check("error", f"model.numClasses: {spec.model.num_classes} "
-                                                 f"but the label map has {len(labels)} classes"))
-            except ConfigError as err:
-                checks.append(Check("error", f"model.labelMap: {err}"))
-        for i, pattern in enumerate(spec.data.train):
-            if not storage.glob(pattern):
-                checks.append(Check("error", f"data.train[{i}]: {pattern} matches no file"))
-        probe = f"{spec.job_run_dir.rstrip('/')}/.launcher-write-check"
-        storage.write_text(probe, "ok\n")
-        storage.delete(probe)
+        cfg = from_args(trainer_args(spec), {contract.ENV_RUN_DIR: spec.job_run_dir},
+                        storage.read_text)
+        labels = parse_label_map(storage.read_text(cfg.label_map), cfg.label_map) \
+            if cfg.label_map else None
+        resolve_num_classes(cfg, labels)
+        checks = [Check("error", f"data.train[{i}]: {pattern} matches no file")
+                  for i, pattern in enumerate(cfg.train) if not storage.glob(pattern)]
+        if probe_write:
+            probe = f"{spec.job_run_dir.rstrip('/')}/.launcher-write-check"
+            storage.write_text(probe, "ok\n")
+            storage.delete(probe)
         return checks
-    except StorageError as err:
-        return [Check("error", str(err))]
+    except (ConfigError, StorageError) as err:
+        return [Check("error", f"trainer: {err}")]
     except Exception as err:  # no credentials, no network: say so and let the user decide
-        return [Check("warning", f"GCS not checked: {type(err).__name__}: "
-                                 f"{str(err).splitlines()[0][:120]}")]
+        return [Check("warning", f"inputs not checked: {type(err).__name__}: "
+                                 f"{str(err).splitlines()[0][:120] if str(err) else ''}")]
 
 
 def _owner(job: dict[str, Any]) -> dict[str, Any]:

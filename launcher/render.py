@@ -65,16 +65,16 @@ def _environment() -> jinja2.Environment:
 def trainer_args(spec: JobSpec) -> list[str]:
     """Command-line arguments of ``python -m trainer`` for this spec (see ``trainer.cli``)."""
     m, t = spec.model, spec.training
-    args = ["--run-dir", spec.job_run_dir, "--checkpoint", m.checkpoint,
-            "--backbone", m.backbone, "--model-size", m.size]
+    args = ["--run-dir", spec.job_run_dir, "--model-size", m.size]
     optional: list[tuple[str, Any]] = [
+        ("--checkpoint", m.checkpoint), ("--backbone", m.backbone),
         ("--fine-tune-type", m.fine_tune_type),
         ("--pipeline-config", m.pipeline_config), ("--label-map", m.label_map),
         ("--num-classes", m.num_classes), ("--image-size", m.image_size),
         ("--steps", t.steps), ("--global-batch-size", t.global_batch_size),
         ("--checkpoint-every", t.checkpoint_every), ("--keep-checkpoints", t.keep_checkpoints),
         ("--learning-rate", t.learning_rate), ("--warmup-steps", t.warmup_steps),
-        ("--log-every", t.log_every),
+        ("--log-every", t.log_every), ("--max-skipped-fraction", spec.data.max_skipped_fraction),
     ]
     for flag, value in optional:
         if value is not None:

@@ -160,14 +160,16 @@ class Resources(_Model, kw_only=True):
 class ModelSpec(_Model, kw_only=True):
     """The exported model to fine-tune."""
 
-    checkpoint: Text  # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory
+    # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory; may come from the pipeline.config
+    checkpoint: Text | None = None
     # classification = backbone, detection = backbone + decoder, full = everything;
     # unset: the pipeline.config's fine_tune_checkpoint_type, else detection
     fine_tune_type: FineTuneType | None = None
     pipeline_config: Text | None = None  # optional OD-API pipeline.config
     label_map: Text | None = None  # StringIntLabelMap label_map.pbtxt
     num_classes: PositiveInt | None = None  # overrides the pipeline.config
-    backbone: Literal["mobilenetv2", "resnet50"] = "mobilenetv2"
+    # default: the pipeline.config's feature extractor, else mobilenetv2
+    backbone: Literal["mobilenetv2", "resnet50"] | None = None
     # standard: the published architecture; tiny: a narrow one for CPU demos and tests
     size: Literal["standard", "tiny"] = "standard"
     image_size: Annotated[int, Meta(ge=32, le=2048)] | None = None  # square input size
@@ -176,8 +178,12 @@ class ModelSpec(_Model, kw_only=True):
 class DataSpec(_Model, kw_only=True):
     """TFRecords in the TF Object Detection API schema."""
 
-    train: Annotated[list[Text], Meta(min_length=1)]  # globs of training TFRecords
+    # globs of training TFRecords; may come from the pipeline.config
+    train: list[Text] = msgspec.field(default_factory=list)
     eval: list[Text] = msgspec.field(default_factory=list)  # globs of eval TFRecords
+    # Fail when more than this fraction of a worker's examples is unusable (bad boxes or
+    # classes, undecodable images; box-less images are skipped but not counted). Trainer: 0.01.
+    max_skipped_fraction: Annotated[float, Meta(ge=0, le=1)] | None = None
 
 
 class Training(_Model, kw_only=True):
@@ -245,7 +251,7 @@ class JobSpec(_Model, kw_only=True):
     run_dir: Text  # root of run directories; this job's is <runDir>/<namespace>/<name>
     resources: Resources = msgspec.field(default_factory=Resources)
     model: ModelSpec
-    data: DataSpec
+    data: DataSpec = msgspec.field(default_factory=DataSpec)
     training: Training = msgspec.field(default_factory=Training)
     scheduling: Scheduling = msgspec.field(default_factory=Scheduling)
     auth: Auth = msgspec.field(default_factory=Auth)
@@ -422,6 +428,13 @@ def image_warnings(spec: JobSpec) -> list[str]:
 
 def _cross_checks(spec: JobSpec) -> None:
     """Formats and rules that span several fields; each error names the field to change."""
+    if spec.command is None and not spec.model.pipeline_config:
+        if not spec.model.checkpoint:
+            raise SpecError("model.checkpoint", "is required (or model.pipelineConfig with "
+                            "train_config.fine_tune_checkpoint)")
+        if not spec.data.train:
+            raise SpecError("data.train", "is required (or model.pipelineConfig with "
+                            "train_input_reader input_path)")
     _check_names(spec)
     _check_formats(spec)
     if spec.profile == "kind":
@@ -456,8 +469,8 @@ def _cross_checks(spec: JobSpec) -> None:
 
 
 def _uris(spec: JobSpec) -> list[tuple[str, str]]:
-    found = [("runDir", spec.run_dir), ("model.checkpoint", spec.model.checkpoint)]
-    for name in ("pipeline_config", "label_map"):
+    found = [("runDir", spec.run_dir)]
+    for name in ("checkpoint", "pipeline_config", "label_map"):
         value = getattr(spec.model, name)
         if value:
             found.append((f"model.{_camel(name)}", value))

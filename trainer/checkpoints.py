@@ -1,8 +1,9 @@
 """Publishing checkpoints to the run directory and finding them again.
 
 A checkpoint ``ckpt-<step>`` is published atomically for readers: its data files are uploaded
-first, its index next, and ``checkpoints/LATEST`` (holding the step) last. Readers trust only the
-step named by ``LATEST``; anything else is an upload in progress or an interrupted one.
+first, its index next, and ``checkpoints/LATEST`` (holding the step) last. ``LATEST`` is a hint,
+not the truth: a resume takes the newest checkpoint that is complete (index and every data shard)
+and reads back whole, whatever ``LATEST`` says, and never starts over while checkpoints exist.
 """
 
 from __future__ import annotations
@@ -35,6 +36,81 @@ def latest_step(storage: Storage, run_dir: str) -> int | None:
     except StorageError:
         return None
     return int(text) if text.isdigit() else None
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read (truncated, not a checkpoint at all)."""
+
+
+def complete_steps(storage: Storage, run_dir: str) -> list[int]:
+    """Steps whose index and every data shard are published, newest first."""
+    found: dict[int, set[str]] = {}
+    for uri in storage.list_prefix(checkpoints_dir(run_dir)):
+        match = CKPT_FILE.search(uri)
+        if match:
+            found.setdefault(int(match[1]), set()).add(match[2])
+    complete = []
+    for step, parts in found.items():
+        shards = [p for p in parts if p.startswith("data-")]
+        if "index" not in parts or not shards:
+            continue
+        total = int(shards[0].rsplit("-of-", 1)[1])
+        if {f"data-{i:05d}-of-{total:05d}" for i in range(total)} <= parts:
+            complete.append(step)
+    return sorted(complete, reverse=True)
+
+
+def verify(local_prefix: str) -> None:
+    """Read every tensor of a local checkpoint (TensorFlow checks each one's CRC)."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(local_prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception as err:  # DataLossError, NotFoundError, OpError: all mean unreadable
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CheckpointError(first) from None
+
+
+def stage_resume(storage: Storage, run_dir: str, dest: Path) -> tuple[int, str] | None:
+    """The newest verified checkpoint of ``run_dir`` as ``(step, local prefix)``; None when the
+    run directory has no checkpoint. ``LATEST`` is repaired when it named another step; a run
+    directory whose checkpoints are all unreadable is refused rather than started over (that
+    would overwrite them)."""
+    hint = latest_step(storage, run_dir)
+    steps = complete_steps(storage, run_dir)
+    if not steps:
+        if hint is not None:
+            raise CheckpointError(f"{checkpoints_dir(run_dir)}: LATEST names ckpt-{hint} but no "
+                                  "complete checkpoint exists; refusing to start over in a run "
+                                  "directory that has one (use another runDir)")
+        return None
+    if hint not in steps:
+        log.warning("checkpoints/LATEST (%s) names no complete checkpoint; looking at %s",
+                    "unreadable" if hint is None else f"ckpt-{hint}",
+                    ", ".join(f"ckpt-{s}" for s in steps))
+    for step in steps:
+        local = dest / f"ckpt-{step}"
+        try:
+            prefix = stage(storage, join(checkpoints_dir(run_dir), f"ckpt-{step}"), local)
+            verify(prefix)
+        except (CheckpointError, StorageError) as err:
+            log.warning("ckpt-%d of %s cannot be read (%s); trying the one before", step,
+                        run_dir, err)
+            shutil.rmtree(local, ignore_errors=True)
+            continue
+        return step, prefix
+    raise CheckpointError(f"{checkpoints_dir(run_dir)}: none of "
+                          f"{', '.join(f'ckpt-{s}' for s in steps)} can be read; refusing to start "
+                          "over and overwrite them (move them away or use another runDir)")
+
+
+def repair_pointer(storage: Storage, run_dir: str, step: int) -> None:
+    """Point ``LATEST`` at ``step`` (the verified checkpoint a run resumed from)."""
+    if latest_step(storage, run_dir) != step:
+        log.warning("checkpoints/LATEST now names ckpt-%d, the newest readable checkpoint", step)
+        storage.write_text(join(run_dir, contract.RUN_CHECKPOINT_POINTER), f"{step}\n")
 
 
 def resolve_prefix(storage: Storage, uri: str) -> str:
@@ -115,6 +191,10 @@ class Publisher:
                 snap: Path) -> None:
         data = [(f, join(self.target, f.name)) for f in files if ".data-" in f.name]
         index = [(f, join(self.target, f.name)) for f in files if f.name.endswith(".index")]
+        newer = latest_step(self.storage, self.run_dir)
+        if newer is not None and newer > step:
+            raise PublishError(f"{self.target} already has ckpt-{newer}, newer than ckpt-{step}: "
+                               "another run is writing this run directory; not overwriting it")
         self.storage.upload_many(data)
         self.storage.upload_many(index)
         self.storage.write_text(join(self.run_dir, contract.RUN_CHECKPOINT_POINTER), f"{step}\n")

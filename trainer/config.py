@@ -41,20 +41,29 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     learning_rate: float = 0.02
+    lr_schedule: str = "cosine"  # cosine (decays to 0 over total_steps) | constant
     warmup_steps: int = 0
+    warmup_learning_rate: float = 0.0  # where the linear warm-up starts
+    total_steps: int | None = None  # of the cosine decay, warm-up included; None: steps
+    momentum: float = 0.9
+    clip_norm: float = 10.0  # global gradient norm; 0: none
+    horizontal_flip: bool = True
     log_every: int = 10
     mixed_precision: bool | None = None
     export: bool = True
     deterministic_input: bool = False
     freeze_batchnorm: bool = False
     seed: int = 0
+    max_skipped_fraction: float = 0.01
+    # where each value came from: "flag", "default" or "pipeline.config:<field path>"
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 # Built-in defaults, used where neither a flag nor the pipeline.config sets a value.
 DEFAULTS: dict[str, Any] = {
     "fine_tune_type": "detection", "image_size": 256, "steps": 1000, "global_batch_size": 8,
     "learning_rate": 0.02, "warmup_steps": 0, "checkpoint_every": 100, "keep_checkpoints": 3,
-    "log_every": 10,
+    "log_every": 10, "max_skipped_fraction": 0.01, "backbone": "mobilenetv2",
 }
 
 
@@ -67,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
                    help="OD-API pipeline.config; flags override its fields")
     p.add_argument("--checkpoint", default=None, help="fine-tune from here; none: from scratch")
     p.add_argument("--fine-tune-type", choices=["classification", "detection", "full"])
-    p.add_argument("--backbone", choices=["mobilenetv2", "resnet50"], default="mobilenetv2")
+    p.add_argument("--backbone", choices=["mobilenetv2", "resnet50"], default=None,
+                   help="default: the pipeline.config's feature extractor, else mobilenetv2")
     p.add_argument("--model-size", choices=["standard", "tiny"], default="standard")
     p.add_argument("--train", action="append", default=[], help="TFRecord glob (repeatable)")
     p.add_argument("--eval", action="append", default=[], help="TFRecord glob (repeatable)")
@@ -85,27 +95,71 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic-input", action="store_true",
                    help="read records in a fixed order without shuffling or augmentation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-skipped-fraction", type=float, default=None,
+                   help="fail when more than this fraction of a worker's examples is unusable "
+                        "(bad boxes or classes, undecodable images; box-less images are not "
+                        "counted): default 0.01")
     return p
 
 
-def _from_pipeline(pipeline: PipelineConfig | None) -> dict[str, Any]:
-    """The pipeline.config's values under our names (only those it sets)."""
+# TrainConfig field <- PipelineConfig field
+FROM_PIPELINE = {
+    "num_classes": "num_classes", "image_size": "image_size", "backbone": "backbone",
+    "global_batch_size": "batch_size", "steps": "num_steps",
+    "checkpoint": "fine_tune_checkpoint", "fine_tune_type": "fine_tune_checkpoint_type",
+    "learning_rate": "learning_rate", "lr_schedule": "lr_schedule",
+    "warmup_steps": "warmup_steps", "warmup_learning_rate": "warmup_learning_rate",
+    "total_steps": "total_steps", "momentum": "momentum", "horizontal_flip": "horizontal_flip",
+    "clip_norm": "clip_norm",
+    "label_map": "label_map_path", "train": "train_input_paths", "eval": "eval_input_paths",
+    "freeze_batchnorm": "freeze_batchnorm",
+}
+# Flags the user sets in the spec, by TrainConfig field (for error lines).
+FLAG_OF = {"checkpoint": "--checkpoint (model.checkpoint)", "label_map": "--label-map "
+           "(model.labelMap)", "train": "--train (data.train)", "eval": "--eval (data.eval)",
+           "steps": "--steps (training.steps)", "warmup_steps": "--warmup-steps "
+           "(training.warmupSteps)"}
+
+
+def _from_pipeline(pipeline: PipelineConfig | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The pipeline.config's values under our names (only those it sets), and where each
+    came from (``pipeline.config:<field path>``)."""
     if pipeline is None:
-        return {}
-    checkpoint = pipeline.fine_tune_checkpoint
-    if checkpoint and "PATH_TO_BE_CONFIGURED" in checkpoint:
-        checkpoint = None
-    values = {
-        "num_classes": pipeline.num_classes, "image_size": pipeline.image_size,
-        "global_batch_size": pipeline.batch_size, "steps": pipeline.num_steps,
-        "checkpoint": checkpoint, "fine_tune_type": pipeline.fine_tune_checkpoint_type,
-        "learning_rate": (float(f"{pipeline.learning_rate:.7g}")
-                          if pipeline.learning_rate is not None else None),
-        "warmup_steps": pipeline.warmup_steps, "label_map": pipeline.label_map_path,
-        "train": pipeline.train_input_paths, "eval": pipeline.eval_input_paths,
-        "freeze_batchnorm": pipeline.freeze_batchnorm,
-    }
-    return {k: v for k, v in values.items() if v not in (None, [])}
+        return {}, {}
+    values, sources = {}, {}
+    for ours, theirs in FROM_PIPELINE.items():
+        value = getattr(pipeline, theirs)
+        if value not in (None, []):
+            values[ours] = value
+            sources[ours] = f"pipeline.config:{pipeline.sources.get(theirs, theirs)}"
+    return values, sources
+
+
+def _placeholders(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """The zoo configs' PATH_TO_BE_CONFIGURED, left in a value nothing overrides."""
+    for name, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and "PATH_TO_BE_CONFIGURED" in v for v in items):
+            where = sources.get(name, name).removeprefix("pipeline.config:")
+            raise ConfigError(f"pipeline.config {where} is {items[0]!r}: set it in the config "
+                              f"or give {FLAG_OF.get(name, '--' + name.replace('_', '-'))}")
+
+
+def _schedule_fits(merged: dict[str, Any], sources: dict[str, str]) -> None:
+    """A warm-up or decay length from the config that does not fit this run's steps is refused:
+    the learning rate would never leave warm-up, or the cosine would not decay as written."""
+    steps = merged["steps"]
+    where = {k: sources.get(k, "flag").removeprefix("pipeline.config:") for k in merged}
+    if merged["warmup_steps"] >= steps and merged["warmup_steps"]:
+        raise ConfigError(f"warm-up of {merged['warmup_steps']} steps ({where['warmup_steps']}) "
+                          f"is not shorter than the run's {steps} steps ({where['steps']}): set "
+                          "--warmup-steps (training.warmupSteps) below the steps")
+    total = merged.get("total_steps")
+    if total is not None and merged["lr_schedule"] == "cosine" and total != steps:
+        raise ConfigError(f"cosine_decay_learning_rate.total_steps {total} "
+                          f"({where['total_steps']}) differs from the run's {steps} steps "
+                          f"({where['steps']}): make them equal in the config, or drop "
+                          "total_steps to decay over the run's steps")
 
 
 def from_args(argv: list[str], env: dict[str, str],
@@ -126,7 +180,10 @@ def from_args(argv: list[str], env: dict[str, str],
         except PipelineConfigError as err:
             raise ConfigError(f"--pipeline-config: {err}") from None
     flags = {k: v for k, v in vars(ns).items() if v not in (None, [])}
-    merged = {**DEFAULTS, **_from_pipeline(pipeline), **flags}
+    from_pipeline, sources = _from_pipeline(pipeline)
+    sources.update({k: "flag" for k in flags})
+    merged = {**DEFAULTS, **from_pipeline, **flags}
+    _placeholders(merged, sources)
     merged["run_dir"] = merged.get("run_dir") or env.get(contract.ENV_RUN_DIR)
     if not merged["run_dir"]:
         raise ConfigError(f"--run-dir: required (or set {contract.ENV_RUN_DIR})")
@@ -137,7 +194,11 @@ def from_args(argv: list[str], env: dict[str, str],
         if merged[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1")
     if merged["image_size"] % 32:
-        raise ConfigError("--image-size: must be a multiple of 32")
+        where = sources.get("image_size", "default").removeprefix("pipeline.config:")
+        raise ConfigError(f"image size {merged['image_size']} ({where}): must be a multiple "
+                          "of 32")
+    _schedule_fits(merged, sources)
+    merged["sources"] = {k: sources.get(k, "default") for k in merged if k != "sources"}
     return TrainConfig(**merged)
 
 
@@ -183,12 +244,21 @@ def parse_label_map(text: str, source: str = "label map") -> dict[int, str]:
 
 
 def resolve_num_classes(cfg: TrainConfig, labels: dict[int, str] | None) -> int:
-    """Model classes including background (Model Garden counts it): max label id + 1."""
+    """Model classes including background (Model Garden counts it): ``num_classes + 1``.
+
+    As in the OD API, class ids run from 1 to ``num_classes`` and a label map may leave gaps
+    (COCO's 80 names have ids up to 90): ``num_classes`` must cover the largest id; without it,
+    the largest id is the class count."""
     if labels is None:
         if cfg.num_classes is None:
             raise ConfigError("--num-classes or --label-map is required")
         return cfg.num_classes + 1
-    if cfg.num_classes is not None and cfg.num_classes != len(labels):
-        raise ConfigError(f"--num-classes {cfg.num_classes} does not match the label map's "
-                          f"{len(labels)} classes")
+    if cfg.num_classes is not None:
+        if cfg.num_classes < max(labels):
+            where = cfg.sources.get("num_classes", "--num-classes").removeprefix(
+                "pipeline.config:")
+            raise ConfigError(f"num_classes {cfg.num_classes} ({where}) is smaller than the "
+                              f"label map's largest id {max(labels)}: ids run from 1 to "
+                              "num_classes")
+        return cfg.num_classes + 1
     return max(labels) + 1

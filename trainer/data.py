@@ -1,8 +1,8 @@
 """OD-API TFRecords into a tf.data pipeline: Model Garden's decoder, RetinaNet parser (resize,
 random horizontal flip, anchor labelling, padding) and input reader (parallel reads and decode,
-shuffle, batch, prefetch), with two additions the OD API has and Model Garden lacks: classes from
-``image/object/class/text`` through the label map when ids are absent, and images without boxes
-skipped."""
+shuffle, batch, prefetch), with additions the OD API has and Model Garden lacks: classes from
+``image/object/class/text`` through the label map when ids are absent, GZIP-compressed files,
+and unusable examples skipped before decoding, exactly those ``trainer.records`` counts."""
 
 from __future__ import annotations
 
@@ -31,22 +31,60 @@ class OdApiDecoder(tf_example_decoder.TfExampleDecoder):
         if self._table is None:
             return labels
         names = parsed_tensors["image/object/class/text"]
-        from_text = self._table.lookup(names)
-        check = tf.debugging.assert_non_negative(
-            from_text, message="image/object/class/text holds a name missing from the label map")
-        with tf.control_dependencies([check]):
-            from_text = tf.identity(from_text)
-        return tf.cond(tf.size(labels) > 0, lambda: labels, lambda: from_text)
+        # Ids win when present (the OD API's COCO tool writes display names as text); names
+        # missing from the label map never get here (``usable`` filtered them out).
+        return tf.cond(tf.size(labels) > 0, lambda: labels, lambda: self._table.lookup(names))
 
 
-def _has_boxes(example: dict[str, tf.Tensor]) -> tf.Tensor:
-    return tf.shape(example["groundtruth_classes"])[0] > 0
+_RAW_FEATURES = {
+    **{key: tf.io.VarLenFeature(tf.float32) for key in
+       ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin",
+        "image/object/bbox/ymax")},
+    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
+    "image/object/class/text": tf.io.VarLenFeature(tf.string),
+    "image/encoded": tf.io.FixedLenFeature((), tf.string, default_value=""),
+}
+
+
+def usable(serialized: tf.Tensor, names: tf.Tensor, max_id: int) -> tf.Tensor:
+    """Whether a serialized example is usable: the TensorFlow twin of
+    ``trainer.records.example_problem`` (same rules, same tolerance)."""
+    from trainer.records import EPSILON
+
+    parsed = tf.io.parse_single_example(serialized, _RAW_FEATURES)
+    xmin, xmax, ymin, ymax = (tf.sparse.to_dense(parsed[f"image/object/bbox/{k}"])
+                              for k in ("xmin", "xmax", "ymin", "ymax"))
+    labels = tf.sparse.to_dense(parsed["image/object/class/label"])
+    texts = tf.sparse.to_dense(parsed["image/object/class/text"], default_value="")
+    encoded = parsed["image/encoded"]
+    image_ok = tf.logical_or(tf.strings.substr(encoded, 0, 2) == b"\xff\xd8",
+                             tf.strings.substr(encoded, 0, 4) == b"\x89PNG")
+    count = tf.size(xmin)
+    has_labels = tf.size(labels) > 0
+    classes = tf.cond(has_labels, lambda: tf.size(labels), lambda: tf.size(texts))
+    same_length = tf.reduce_all(tf.stack([tf.size(xmax) == count, tf.size(ymin) == count,
+                                          tf.size(ymax) == count, classes == count]))
+
+    def boxes_ok() -> tf.Tensor:
+        lo, hi = -EPSILON, 1 + EPSILON
+        return tf.reduce_all((xmin >= lo) & (xmin < xmax) & (xmax <= hi)
+                             & (ymin >= lo) & (ymin < ymax) & (ymax <= hi))
+
+    def classes_ok() -> tf.Tensor:
+        ids_ok = tf.reduce_all((labels >= 1) & (labels <= max_id))
+        known = tf.reduce_all(tf.reduce_any(tf.equal(texts[:, None], names[None, :]), axis=1))
+        return tf.cond(has_labels, lambda: ids_ok, lambda: known)
+
+    return tf.logical_and(image_ok, tf.logical_and(count > 0, tf.cond(
+        same_length, lambda: tf.logical_and(boxes_ok(), classes_ok()),
+        lambda: tf.constant(False))))
 
 
 def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
-    """The RetinaNet input pipeline for ``params`` (a Model Garden ``DataConfig``)."""
-    from official.common import dataset_fn
+                  input_context: tf.distribute.InputContext | None = None,
+                  compression: str = "") -> tf.data.Dataset:
+    """The RetinaNet input pipeline for ``params`` (a Model Garden ``DataConfig``); examples
+    that ``usable`` rejects are dropped before decoding. ``compression``: ``""`` or ``"GZIP"``."""
     from official.vision.dataloaders import input_reader, input_reader_factory, retinanet_input
 
     model = task.task_config.model
@@ -60,9 +98,15 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
         skip_crowd_during_training=params.parser.skip_crowd_during_training,
         max_num_instances=params.parser.max_num_instances)
     decoder = OdApiDecoder(name_to_id)
+    names = tf.constant(list(name_to_id or {}) or [""], dtype=tf.string)
+    max_id = model.num_classes - 1  # Model Garden counts the background as class 0
+
+    def records(path: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(path, compression_type=compression).filter(
+            lambda serialized: usable(serialized, names, max_id))
+
     reader = input_reader_factory.input_reader_generator(
-        params, dataset_fn=dataset_fn.pick_dataset_fn(params.file_type),
-        decoder_fn=decoder.decode, combine_fn=input_reader.create_combine_fn(params),
-        sample_fn=lambda ds: ds.filter(_has_boxes),
+        params, dataset_fn=records, decoder_fn=decoder.decode,
+        combine_fn=input_reader.create_combine_fn(params),
         parser_fn=parser.parse_fn(params.is_training))
     return reader.read(input_context=input_context)

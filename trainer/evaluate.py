@@ -11,9 +11,14 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int) -> dict[str, float]:
-    """COCO metrics (AP, AP50, ..., ARmax100) and mean losses over every eval record."""
+def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int,
+             name_to_id: dict[str, int] | None = None,
+             compression: str = "") -> dict[str, float]:
+    """COCO metrics (AP, AP50, ..., ARmax100) and mean losses over every usable eval record,
+    read like the training records (class names through the label map, GZIP)."""
     import tensorflow as tf
+
+    from trainer.data import build_dataset
 
     data = task.task_config.validation_data
     data.input_path = ",".join(str(p) for p in eval_files)
@@ -21,8 +26,7 @@ def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int) -> 
     data.is_training = False
     data.dtype = "float32"
     data.drop_remainder = False
-    data.decoder.simple_decoder.regenerate_source_id = True
-    dataset = task.build_inputs(data)
+    dataset = build_dataset(task, data, name_to_id, compression=compression)
     metrics = task.build_metrics(training=False)
 
     @tf.function

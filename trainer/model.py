@@ -77,5 +77,5 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         data.cycle_length, data.block_length, data.deterministic = max(local_files, 1), 1, True
     else:
         data.shuffle_buffer_size = 256
-        data.parser.aug_rand_hflip = True
+        data.parser.aug_rand_hflip = cfg.horizontal_flip
     return task

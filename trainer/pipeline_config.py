@@ -1,9 +1,18 @@
-"""Read the fields that matter from a TF Object Detection API ``pipeline.config``.
+"""Read a TF Object Detection API ``pipeline.config``: honour what the trainer can do, refuse
+the rest in one line naming the field and what is supported instead.
 
 Real files are protobuf text format (``#`` comments, ``{`` and ``: {`` blocks, trailing commas or
 semicolons, single and double quotes, repeated fields). Rather than parse that by hand, protobuf's
-own ``text_format`` parses it against a minimal schema of the OD API's messages, skipping every
-field we do not model (field numbers are irrelevant to the text format).
+own ``text_format`` parses it against a minimal schema of the OD API's messages (field numbers
+are irrelevant to the text format).
+
+What the trainer builds is Model Garden RetinaNet: the OD API's ``ssd`` meta-architecture with
+an FPN feature extractor and a weight-shared box predictor. So ``faster_rcnn`` and
+``center_net``, plain SSD and EfficientDet feature extractors, optimizers other than momentum,
+learning-rate schedules other than cosine and constant, ``keep_aspect_ratio_resizer``, sizes that
+are not square multiples of 32 and augmentations other than ``random_horizontal_flip`` are
+refused. The fine structure of the head and losses (box coder, matcher, anchor and loss
+hyper-parameters, post-processing) is Model Garden RetinaNet's own and is not read.
 """
 
 from __future__ import annotations
@@ -20,7 +29,13 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
     "DetectionModel": [("ssd", "Meta", False), ("faster_rcnn", "Meta", False),
                        ("center_net", "Meta", False)],
     "Meta": [("num_classes", "int32", False), ("image_resizer", "ImageResizer", False),
-             ("freeze_batchnorm", "bool", False)],
+             ("freeze_batchnorm", "bool", False),
+             ("feature_extractor", "FeatureExtractor", False),
+             ("box_predictor", "BoxPredictor", False)],
+    "FeatureExtractor": [("type", "string", False)],
+    "BoxPredictor": [("weight_shared_convolutional_box_predictor", "Empty", False),
+                     ("convolutional_box_predictor", "Empty", False)],
+    "Empty": [],
     "ImageResizer": [("fixed_shape_resizer", "FixedShape", False),
                      ("keep_aspect_ratio_resizer", "KeepAspect", False)],
     "FixedShape": [("height", "int32", False), ("width", "int32", False)],
@@ -28,11 +43,34 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
     "TrainConfig": [("batch_size", "int32", False), ("num_steps", "int32", False),
                     ("fine_tune_checkpoint", "string", False),
                     ("fine_tune_checkpoint_type", "string", False),
-                    ("optimizer", "Optimizer", False)],
+                    ("optimizer", "Optimizer", False),
+                    ("data_augmentation_options", "Augmentation", True),
+                    ("gradient_clipping_by_norm", "float", False)],
+    "Augmentation": [("random_horizontal_flip", "Empty", False),
+                     ("random_crop_image", "Empty", False),
+                     ("random_scale_crop_and_pad_to_square", "Empty", False),
+                     ("ssd_random_crop", "Empty", False),
+                     ("random_adjust_brightness", "Empty", False),
+                     ("random_adjust_contrast", "Empty", False),
+                     ("random_adjust_hue", "Empty", False),
+                     ("random_adjust_saturation", "Empty", False),
+                     ("random_distort_color", "Empty", False),
+                     ("random_image_scale", "Empty", False),
+                     ("random_pad_image", "Empty", False),
+                     ("random_vertical_flip", "Empty", False),
+                     ("random_rotation90", "Empty", False),
+                     ("random_black_patches", "Empty", False),
+                     ("random_patch_gaussian", "Empty", False),
+                     ("random_jitter_boxes", "Empty", False),
+                     ("random_resize_method", "Empty", False),
+                     ("autoaugment_image", "Empty", False),
+                     ("drop_label_probabilistically", "Empty", False)],
     "Optimizer": [("momentum_optimizer", "OptimizerParams", False),
                   ("adam_optimizer", "OptimizerParams", False),
-                  ("rms_prop_optimizer", "OptimizerParams", False)],
-    "OptimizerParams": [("learning_rate", "LearningRate", False)],
+                  ("rms_prop_optimizer", "OptimizerParams", False),
+                  ("use_moving_average", "bool", False)],
+    "OptimizerParams": [("learning_rate", "LearningRate", False),
+                        ("momentum_optimizer_value", "float", False)],
     "LearningRate": [("constant_learning_rate", "Constant", False),
                      ("exponential_decay_learning_rate", "Initial", False),
                      ("manual_step_learning_rate", "Initial", False),
@@ -55,22 +93,37 @@ class PipelineConfigError(ValueError):
     """The file is not a readable pipeline.config."""
 
 
+# OD API feature extractors that are an FPN over a backbone Model Garden RetinaNet offers.
+FEATURE_EXTRACTORS = {"ssd_resnet50_v1_fpn_keras": "resnet50",
+                      "ssd_mobilenet_v2_fpn_keras": "mobilenetv2"}
+PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """What the trainer takes from a pipeline.config; None where the file does not say."""
 
     num_classes: int | None = None
     image_size: int | None = None
+    backbone: str | None = None
     batch_size: int | None = None
     num_steps: int | None = None
     fine_tune_checkpoint: str | None = None
     fine_tune_checkpoint_type: str | None = None
     learning_rate: float | None = None
+    lr_schedule: str | None = None  # cosine | constant
     warmup_steps: int | None = None
+    warmup_learning_rate: float | None = None
+    total_steps: int | None = None
+    momentum: float | None = None
+    clip_norm: float | None = None  # 0: none (the OD API's default)
+    horizontal_flip: bool | None = None  # None: the file has no data_augmentation_options
     label_map_path: str | None = None
     freeze_batchnorm: bool | None = None
     train_input_paths: list[str] = field(default_factory=list)
     eval_input_paths: list[str] = field(default_factory=list)
+    # field path (as in the file) of each value above, for config.json and error lines
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def _message_class() -> Any:
@@ -102,7 +155,8 @@ def _opt(message: Any, name: str) -> Any:
 
 
 def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
-    """Parse ``text``; raise ``PipelineConfigError`` naming the line on a syntax error."""
+    """Parse ``text``; ``PipelineConfigError`` naming the line on a syntax error, or naming the
+    field and what is supported instead when the trainer cannot honour it."""
     from google.protobuf import text_format
 
     pipeline = _message_class()()
@@ -110,47 +164,132 @@ def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
         text_format.Parse(text, pipeline, allow_unknown_field=True)
     except text_format.ParseError as err:
         raise PipelineConfigError(f"{source}: {err}") from None
-    model = next((getattr(pipeline.model, arch) for arch in ("ssd", "faster_rcnn", "center_net")
-                  if pipeline.model.HasField(arch)), None)
-    image_size = None
-    if model is not None and model.image_resizer.HasField("fixed_shape_resizer"):
-        shape = model.image_resizer.fixed_shape_resizer
-        image_size = max(shape.height, shape.width) or None
-    elif model is not None and model.image_resizer.HasField("keep_aspect_ratio_resizer"):
-        image_size = model.image_resizer.keep_aspect_ratio_resizer.max_dimension or None
-    train = pipeline.train_config
-    lr, warmup = _learning_rate(train.optimizer)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def take(name: str, value: Any, path: str) -> None:
+        if value is not None:
+            values[name] = value
+            sources[name] = path
+
+    def refuse(path: str, why: str) -> PipelineConfigError:
+        return PipelineConfigError(f"{source}: {path}: {why}")
+
+    _model(pipeline.model, take, refuse)
+    _train(pipeline.train_config, take, refuse)
+    reader = pipeline.train_input_reader
+    take("label_map_path", _opt(reader, "label_map_path"), "train_input_reader.label_map_path")
+    paths = list(reader.tf_record_input_reader.input_path)
+    eval_paths = [p for r in pipeline.eval_input_reader
+                  for p in r.tf_record_input_reader.input_path]
+    if paths:
+        take("train_input_paths", paths, "train_input_reader.tf_record_input_reader.input_path")
+    if eval_paths:
+        take("eval_input_paths", eval_paths,
+             "eval_input_reader.tf_record_input_reader.input_path")
+    return PipelineConfig(**values, sources=sources)
+
+
+SUPPORTED_MODEL = ("ssd with feature_extractor "
+                   f"{' or '.join(FEATURE_EXTRACTORS)} and weight_shared_convolutional_box_"
+                   "predictor (RetinaNet)")
+
+
+def _model(model: Any, take: Any, refuse: Any) -> None:
+    for arch in ("faster_rcnn", "center_net"):
+        if model.HasField(arch):
+            raise refuse(f"model.{arch}", f"this trainer fine-tunes {SUPPORTED_MODEL}; it "
+                         f"cannot build {arch}")
+    if not model.HasField("ssd"):
+        return
+    ssd = model.ssd
+    prefix = "model.ssd"
+    kind = ssd.feature_extractor.type if ssd.HasField("feature_extractor") else ""
+    if kind not in FEATURE_EXTRACTORS:
+        raise refuse(f"{prefix}.feature_extractor.type", f"{kind or 'unset'!r} is not "
+                     f"supported; supported: {', '.join(FEATURE_EXTRACTORS)} (RetinaNet)")
+    take("backbone", FEATURE_EXTRACTORS[kind], f"{prefix}.feature_extractor.type")
+    if ssd.box_predictor.HasField("convolutional_box_predictor"):
+        raise refuse(f"{prefix}.box_predictor.convolutional_box_predictor",
+                     "supported: weight_shared_convolutional_box_predictor (RetinaNet)")
+    take("num_classes", _opt(ssd, "num_classes"), f"{prefix}.num_classes")
+    take("freeze_batchnorm", _opt(ssd, "freeze_batchnorm"), f"{prefix}.freeze_batchnorm")
+    resizer = ssd.image_resizer
+    if resizer.HasField("keep_aspect_ratio_resizer"):
+        raise refuse(f"{prefix}.image_resizer.keep_aspect_ratio_resizer",
+                     "supported: fixed_shape_resizer with a square size, a multiple of 32")
+    if resizer.HasField("fixed_shape_resizer"):
+        shape = resizer.fixed_shape_resizer
+        path = f"{prefix}.image_resizer.fixed_shape_resizer"
+        if shape.height != shape.width or shape.height % 32 or shape.height < 32:
+            nearest = max(32, round(max(shape.height, shape.width) / 32) * 32)
+            raise refuse(path, f"{shape.height}x{shape.width}: supported: a square size that "
+                         f"is a multiple of 32 (e.g. {nearest}x{nearest})")
+        take("image_size", shape.height, path)
+
+
+def _train(train: Any, take: Any, refuse: Any) -> None:
+    take("batch_size", _opt(train, "batch_size"), "train_config.batch_size")
+    take("num_steps", _opt(train, "num_steps"), "train_config.num_steps")
+    take("fine_tune_checkpoint", _opt(train, "fine_tune_checkpoint"),
+         "train_config.fine_tune_checkpoint")
     ft_type = _opt(train, "fine_tune_checkpoint_type")
     if ft_type is not None and ft_type not in FINE_TUNE_TYPES:
-        raise PipelineConfigError(f"{source}: fine_tune_checkpoint_type {ft_type!r} is not one "
-                                  f"of {', '.join(FINE_TUNE_TYPES)}")
-    return PipelineConfig(
-        num_classes=_opt(model, "num_classes") if model is not None else None,
-        image_size=image_size,
-        batch_size=_opt(train, "batch_size"),
-        num_steps=_opt(train, "num_steps"),
-        fine_tune_checkpoint=_opt(train, "fine_tune_checkpoint"),
-        fine_tune_checkpoint_type=FINE_TUNE_TYPES.get(ft_type or ""),
-        learning_rate=lr, warmup_steps=warmup,
-        label_map_path=_opt(pipeline.train_input_reader, "label_map_path"),
-        freeze_batchnorm=_opt(model, "freeze_batchnorm") if model is not None else None,
-        train_input_paths=list(pipeline.train_input_reader.tf_record_input_reader.input_path),
-        eval_input_paths=[p for reader in pipeline.eval_input_reader
-                          for p in reader.tf_record_input_reader.input_path],
-    )
+        raise refuse("train_config.fine_tune_checkpoint_type",
+                     f"{ft_type!r} is not one of {', '.join(FINE_TUNE_TYPES)}")
+    take("fine_tune_checkpoint_type", FINE_TUNE_TYPES.get(ft_type or ""),
+         "train_config.fine_tune_checkpoint_type")
+    flip = False
+    for option in train.data_augmentation_options:
+        chosen = next((f.name for f, _ in option.ListFields()), None)
+        if chosen == "random_horizontal_flip":
+            flip = True
+        elif chosen is not None:
+            raise refuse(f"train_config.data_augmentation_options.{chosen}",
+                         "not supported; supported: random_horizontal_flip")
+    if train.data_augmentation_options:
+        take("horizontal_flip", flip, "train_config.data_augmentation_options")
+    take("clip_norm", _float(_opt(train, "gradient_clipping_by_norm")) or 0.0,
+         "train_config.gradient_clipping_by_norm")
+    _optimizer(train.optimizer, take, refuse)
 
 
-def _learning_rate(optimizer: Any) -> tuple[float | None, int | None]:
-    for name in ("momentum_optimizer", "adam_optimizer", "rms_prop_optimizer"):
-        if not optimizer.HasField(name):
-            continue
-        rate = getattr(optimizer, name).learning_rate
-        if rate.HasField("cosine_decay_learning_rate"):
-            cosine = rate.cosine_decay_learning_rate
-            return cosine.learning_rate_base, int(cosine.warmup_steps)
-        if rate.HasField("constant_learning_rate"):
-            return rate.constant_learning_rate.learning_rate, None
-        for kind in ("exponential_decay_learning_rate", "manual_step_learning_rate"):
-            if rate.HasField(kind):
-                return getattr(rate, kind).initial_learning_rate, None
-    return None, None
+def _optimizer(optimizer: Any, take: Any, refuse: Any) -> None:
+    base = "train_config.optimizer"
+    for name in ("adam_optimizer", "rms_prop_optimizer"):
+        if optimizer.HasField(name):
+            raise refuse(f"{base}.{name}", "supported: momentum_optimizer")
+    if _opt(optimizer, "use_moving_average"):
+        raise refuse(f"{base}.use_moving_average", "not supported; set it to false")
+    if not optimizer.HasField("momentum_optimizer"):
+        return
+    params = optimizer.momentum_optimizer
+    path = f"{base}.momentum_optimizer"
+    take("momentum", _float(_opt(params, "momentum_optimizer_value")),
+         f"{path}.momentum_optimizer_value")
+    rate = params.learning_rate
+    path += ".learning_rate"
+    for kind in ("exponential_decay_learning_rate", "manual_step_learning_rate"):
+        if rate.HasField(kind):
+            raise refuse(f"{path}.{kind}", "supported: cosine_decay_learning_rate, "
+                         "constant_learning_rate")
+    if rate.HasField("cosine_decay_learning_rate"):
+        cosine = rate.cosine_decay_learning_rate
+        path += ".cosine_decay_learning_rate"
+        take("lr_schedule", "cosine", path)
+        take("learning_rate", _float(_opt(cosine, "learning_rate_base")),
+             f"{path}.learning_rate_base")
+        take("total_steps", _opt(cosine, "total_steps"), f"{path}.total_steps")
+        take("warmup_learning_rate", _float(_opt(cosine, "warmup_learning_rate")),
+             f"{path}.warmup_learning_rate")
+        take("warmup_steps", _opt(cosine, "warmup_steps"), f"{path}.warmup_steps")
+    elif rate.HasField("constant_learning_rate"):
+        path += ".constant_learning_rate"
+        take("lr_schedule", "constant", path)
+        take("learning_rate", _float(_opt(rate.constant_learning_rate, "learning_rate")),
+             f"{path}.learning_rate")
+
+
+def _float(value: float | None) -> float | None:
+    """A float32 field as the decimal the file wrote (0.04, not 0.03999999910593033)."""
+    return None if value is None else float(f"{value:.7g}")

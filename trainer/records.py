@@ -138,7 +138,8 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
     for path in paths:
         file_report = FileReport(str(path))
         try:
-            for raw in tf.data.TFRecordDataset(str(path), compression_type=kind).as_numpy_iterator():
+            dataset = tf.data.TFRecordDataset(str(path), compression_type=kind)
+            for raw in dataset.as_numpy_iterator():
                 file_report.records += 1
                 example = tf.train.Example.FromString(raw)
                 problem = example_problem(example, name_to_id, max_id)
@@ -161,11 +162,12 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
 
 
 def check(report: ScanReport, max_skipped_fraction: float, what: str) -> None:
-    """Fail when nothing is usable or more than ``max_skipped_fraction`` is skipped."""
+    """Fail when nothing is usable, or when more than ``max_skipped_fraction`` of the examples
+    is faulty (box-less images are negatives a detector dataset may hold: skipped, not faults)."""
     if report.usable == 0:
         names = ", ".join(Path(f.path).name for f in report.files[:5])
         raise RecordsError(f"{what}: no usable example in {names}: {report.summary()}")
-    skipped = report.records - report.usable
+    skipped = report.records - report.usable - report.skipped()["no_boxes"]
     if report.records and skipped / report.records > max_skipped_fraction:
         raise RecordsError(f"{what}: {skipped / report.records:.1%} of the examples are "
                            f"unusable, more than --max-skipped-fraction "

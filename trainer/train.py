@@ -39,6 +39,9 @@ class Staged:
 
     train_files: list[Path]
     eval_files: list[Path] = field(default_factory=list)
+    compression: str = ""  # of the train files: "" or "GZIP"
+    eval_compression: str = ""
+    name_to_id: dict[str, int] | None = None
     init_checkpoint: str | None = None  # local prefix to fine-tune from
     resume_checkpoint: str | None = None  # local prefix of the run's own newest checkpoint
     resume_step: int = 0
@@ -54,42 +57,77 @@ def _expand(storage: Storage, patterns: list[str], flag: str) -> list[str]:
     return sorted(set(files))
 
 
-def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo,
-                 scratch: Path) -> Staged:
-    """Pull this worker's TFRecord shards (eval files on the chief) and the start checkpoint."""
+def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scratch: Path,
+                 name_to_id: dict[str, int] | None, max_id: int) -> Staged:
+    """Pull this worker's TFRecord shards (eval files on the chief), check what they hold, and
+    pull the start checkpoint."""
     files = _expand(storage, cfg.train, "--train")
     workers = max(cluster.num_workers, 1)
     if len(files) < workers:
         raise ConfigError(f"--train: {len(files)} TFRecord files for {workers} workers; "
                           "each worker needs at least one shard")
     staged = Staged(storage.download_many(files[cluster.index::workers], scratch / "train"))
+    staged.compression = _checked(staged.train_files, name_to_id, max_id, cfg,
+                                  f"worker {cluster.index} --train")
     if cfg.eval and cluster.is_chief:
         staged.eval_files = storage.download_many(_expand(storage, cfg.eval, "--eval"),
                                                   scratch / "eval")
-    resume_step = checkpoints.latest_step(storage, cfg.run_dir)
-    if resume_step is not None:
-        prefix = join(checkpoints.checkpoints_dir(cfg.run_dir), f"ckpt-{resume_step}")
-        staged.resume_checkpoint = checkpoints.stage(storage, prefix, scratch / "resume")
-        staged.resume_step = resume_step
+        staged.eval_compression = _checked(staged.eval_files, name_to_id, max_id, cfg, "--eval")
+    try:
+        resume = checkpoints.stage_resume(storage, cfg.run_dir, scratch / "resume")
+    except checkpoints.CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    if resume is not None:
+        staged.resume_step, staged.resume_checkpoint = resume
+        if cluster.is_chief:
+            checkpoints.repair_pointer(storage, cfg.run_dir, staged.resume_step)
     elif cfg.checkpoint:
         try:
             prefix = checkpoints.resolve_prefix(storage, cfg.checkpoint)
             staged.init_checkpoint = checkpoints.stage(storage, prefix, scratch / "init")
-        except StorageError as err:
-            raise ConfigError(f"--checkpoint: {err}") from None
+            checkpoints.verify(staged.init_checkpoint)
+        except (StorageError, checkpoints.CheckpointError) as err:
+            raise ConfigError(f"--checkpoint {cfg.checkpoint}: not a readable TensorFlow "
+                              f"checkpoint ({err})") from None
     return staged
 
 
+def _checked(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int,
+             cfg: TrainConfig, what: str) -> str:
+    """Scan the records (counts per file and reason, logged); their compression."""
+    from trainer import records
+
+    try:
+        report = records.scan(paths, name_to_id, max_id)
+        log.info("%s: %s", what, report.summary())
+        records.check(report, cfg.max_skipped_fraction, what)
+    except records.RecordsError as err:
+        raise ConfigError(str(err)) from None
+    return "GZIP" if report.compressed else ""
+
+
 def _optimizer(cfg: TrainConfig, mixed: bool) -> Any:
+    """SGD with momentum over the configured schedule: a linear warm-up from
+    ``warmup_learning_rate`` to ``learning_rate``, then cosine decay to 0 at ``total_steps``
+    (default: the run's steps), or constant."""
     import tf_keras
 
-    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
-    if cfg.warmup_steps:
-        schedule = tf_keras.optimizers.schedules.CosineDecay(
-            0.0, decay_steps, warmup_target=cfg.learning_rate, warmup_steps=cfg.warmup_steps)
+    if cfg.lr_schedule == "constant":
+        schedule: Any = cfg.learning_rate
+        if cfg.warmup_steps:
+            schedule = tf_keras.optimizers.schedules.CosineDecay(
+                cfg.warmup_learning_rate, 1, alpha=1.0, warmup_target=cfg.learning_rate,
+                warmup_steps=cfg.warmup_steps)
     else:
-        schedule = tf_keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps)
-    optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9, global_clipnorm=10.0)
+        decay_steps = max((cfg.total_steps or cfg.steps) - cfg.warmup_steps, 1)
+        if cfg.warmup_steps:
+            schedule = tf_keras.optimizers.schedules.CosineDecay(
+                cfg.warmup_learning_rate, decay_steps, warmup_target=cfg.learning_rate,
+                warmup_steps=cfg.warmup_steps)
+        else:
+            schedule = tf_keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps)
+    optimizer = tf_keras.optimizers.SGD(schedule, momentum=cfg.momentum,
+                                        global_clipnorm=cfg.clip_norm or None)
     if mixed:
         optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
@@ -235,13 +273,15 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None
 
     from trainer.data import build_dataset
 
-    staged = stage_inputs(cfg, storage, cluster, scratch)
+    name_to_id = {name: i for i, name in labels.items()} if labels else None
+    staged = stage_inputs(cfg, storage, cluster, scratch, name_to_id, num_classes - 1)
+    staged.name_to_id = name_to_id
     if cluster.is_chief:
         _record_config(cfg, storage)
     run = build(cfg, cluster, num_classes, storage, staged, scratch)
-    name_to_id = {name: i for i, name in (labels or {}).items()}
     dataset = run.strategy.distribute_datasets_from_function(
-        lambda ctx: build_dataset(run.task, run.task.task_config.train_data, name_to_id, ctx))
+        lambda ctx: build_dataset(run.task, run.task.task_config.train_data, name_to_id, ctx,
+                                  staged.compression))
     iterator = iter(dataset)
 
     @tf.function
@@ -344,7 +384,8 @@ def finish(run: Run, staged: Staged) -> None:
         model(tf.zeros([1, run.cfg.image_size, run.cfg.image_size, 3]), training=False)
         tf.train.Checkpoint(**model.checkpoint_items).read(
             run.manager.latest_checkpoint).expect_partial().assert_existing_objects_matched()
-        report["eval"] = evaluate(run.task, model, staged.eval_files, run.cfg.global_batch_size)
+        report["eval"] = evaluate(run.task, model, staged.eval_files, run.cfg.global_batch_size,
+                                  staged.name_to_id, staged.eval_compression)
         writer = tf.summary.create_file_writer(str(run.scratch / "summaries" / "eval"))
         with writer.as_default():
             for name, value in report["eval"].items():

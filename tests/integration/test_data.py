@@ -63,15 +63,19 @@ def test_class_text_fallback_and_boxless_images_skipped(tmp_path: Path) -> None:
     assert classes[1][0] == 3  # 'blue' through the label map
 
 
-def test_class_name_missing_from_label_map_is_reported(tmp_path: Path) -> None:
+def test_class_name_missing_from_label_map_is_skipped_and_counted(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from trainer import synthetic
+    from trainer import records, synthetic
 
     rng = np.random.default_rng(1)
     path = tmp_path / "unknown.tfrecord"
     pixels, boxes = synthetic.make_image(rng, 64, [4], max_boxes=1)
     with tf.io.TFRecordWriter(str(path)) as writer:
         writer.write(_names_only(pixels, boxes, "9"))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="missing from the label map"):
-        list(_pipeline(path, 3, {"red": 1, "green": 2}))
+    assert list(_pipeline(path, 3, {"red": 1, "green": 2})) == []
+    report = records.scan([path], {"red": 1, "green": 2}, max_id=2)
+    assert report.files[0].skipped == {"unknown_text": 1}
+    with pytest.raises(records.RecordsError, match=r"no usable example in unknown\.tfrecord: "
+                                                   r"0 of 1 examples usable"):
+        records.check(report, 0.5, "worker 0")

@@ -73,7 +73,7 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unknown nested field", _with("training.stpes", 2), "training.stpes", "unknown field"),
     ("missing checkpoint", _without("model.checkpoint"), "model.checkpoint", "is required"),
     ("missing run dir", _without("runDir"), "runDir", "is required"),
-    ("empty train list", _with("data.train", []), "data.train", "length >= 1"),
+    ("empty train list", _with("data.train", []), "data.train", "is required"),
     ("batch not divisible", {**_with("training.globalBatchSize", 7), "workers": 2},
      "training.globalBatchSize", "not divisible"),
     ("batch not divisible by gpus", {**_with("training.globalBatchSize", 6), "workers": 2,

@@ -9,7 +9,7 @@ import pytest
 
 from trainer.cluster import ClusterError, ClusterInfo, from_env, wait_for_peers
 from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
-from trainer.pipeline_config import parse
+from trainer.pipeline_config import PipelineConfigError, parse
 
 PIPELINE = """\
 # SSD with Mobilenet v2 FPNLite, as exported by the TF2 Detection Zoo.
@@ -83,13 +83,12 @@ def test_pipeline_config_fields() -> None:
     assert config.freeze_batchnorm is True
 
 
-def test_faster_rcnn_keep_aspect_ratio_and_constant_rate() -> None:
-    config = parse("""model { faster_rcnn { num_classes: 90 image_resizer {
-        keep_aspect_ratio_resizer { min_dimension: 600 max_dimension: 1024 } } } }
-        train_config { optimizer { adam_optimizer { learning_rate {
-        constant_learning_rate { learning_rate: 0.0001 } } } } }""")
-    assert config.num_classes == 90 and config.image_size == 1024
-    assert config.learning_rate == pytest.approx(1e-4) and config.warmup_steps is None
+def test_faster_rcnn_is_refused_not_trained_as_retinanet() -> None:
+    with pytest.raises(PipelineConfigError, match=r"model\.faster_rcnn: this trainer fine-tunes"):
+        parse("""model { faster_rcnn { num_classes: 90 image_resizer {
+            keep_aspect_ratio_resizer { min_dimension: 600 max_dimension: 1024 } } } }
+            train_config { optimizer { adam_optimizer { learning_rate {
+            constant_learning_rate { learning_rate: 0.0001 } } } } }""")
 
 
 @pytest.mark.parametrize("text", ["model { ssd { num_classes: three } }",
@@ -103,10 +102,11 @@ def test_unreadable_pipeline_config_is_a_config_error(text: str) -> None:
 
 def test_flags_override_pipeline_config_over_defaults() -> None:
     read = _reader({"p.config": PIPELINE})
-    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--steps", "10"], {},
-                    read)
-    assert cfg.steps == 10  # flag
-    assert cfg.global_batch_size == 64 and cfg.image_size == 320  # pipeline.config
+    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--global-batch-size",
+                     "32"], {}, read)
+    assert cfg.global_batch_size == 32  # flag
+    assert cfg.steps == 25000 and cfg.image_size == 320  # pipeline.config
+    assert cfg.backbone == "mobilenetv2" and cfg.momentum == 0.9 and cfg.total_steps == 25000
     assert cfg.checkpoint_every == 100  # default
     assert cfg.train == ["gs://data/train-?????-of-00100.tfrecord", "gs://data/extra-*.tfrecord"]
     assert cfg.label_map == "gs://data/label_map.pbtxt"
@@ -123,7 +123,7 @@ def test_run_dir_from_environment_and_required_fields() -> None:
         from_args(["--train", "/d/*"], {})
     with pytest.raises(ConfigError, match="--train: at least one"):
         from_args(["--run-dir", "/r"], {})
-    with pytest.raises(ConfigError, match="--image-size: must be a multiple of 32"):
+    with pytest.raises(ConfigError, match=r"image size 100 \(flag\): must be a multiple of 32"):
         from_args(["--run-dir", "/r", "--train", "/d/*", "--image-size", "100"], {})
 
 
@@ -151,9 +151,12 @@ def test_bad_label_maps(text: str, message: str) -> None:
         parse_label_map(text, "label_map.pbtxt")
 
 
-def test_num_classes_must_match_the_label_map() -> None:
+def test_num_classes_must_cover_the_label_maps_ids() -> None:
     cfg = from_args(["--run-dir", "/r", "--train", "/d/*", "--num-classes", "3"], {})
-    with pytest.raises(ConfigError, match="--num-classes 3 does not match the label map's 2"):
+    assert resolve_num_classes(cfg, {1: "a", 2: "b"}) == 4  # ids 1..3, one unused
+    cfg = from_args(["--run-dir", "/r", "--train", "/d/*", "--num-classes", "1"], {})
+    with pytest.raises(ConfigError, match=r"num_classes 1 \(flag\) is smaller than the label "
+                                          r"map's largest id 2"):
         resolve_num_classes(cfg, {1: "a", 2: "b"})
     cfg = from_args(["--run-dir", "/r", "--train", "/d/*"], {})
     assert resolve_num_classes(cfg, {1: "a", 2: "b", 5: "e"}) == 6  # ids + background

@@ -1,0 +1,72 @@
+"""`launcher validate` (and `submit`) read the pipeline.config and label map as the trainer will,
+so what the trainer would refuse inside a pod is refused before any GPU is paid for."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from launcher.cli import app
+from launcher.errors import SpecError
+from launcher.spec import build_spec
+from tests.conftest import BASE_SPEC
+from tests.unit.test_pipeline_rules import FASTER_RCNN_PETS, MSCOCO_LABEL_MAP, retinanet
+
+
+def _validate(tmp_path: Path, config: str, **model: str) -> tuple[int, str, str]:
+    (tmp_path / "pipeline.config").write_text(config)
+    (tmp_path / "label_map.pbtxt").write_text(MSCOCO_LABEL_MAP)
+    (tmp_path / "train-0.tfrecord").write_bytes(b"")
+    raw = copy.deepcopy(BASE_SPEC)
+    raw["runDir"] = str(tmp_path / "runs")
+    raw["model"] = {"pipelineConfig": str(tmp_path / "pipeline.config"), **model}
+    raw.pop("data")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(spec), "--set", "training.steps=25000"])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _filled(tmp_path: Path, config: str) -> str:
+    """The zoo config with its PATH_TO_BE_CONFIGURED placeholders filled in, as users do."""
+    for placeholder, path in [("resnet50.ckpt-1", "c"), ("label_map.txt", "label_map.pbtxt"),
+                              ("train2017-?????-of-00256.tfrecord", "train-*.tfrecord"),
+                              ("val2017-?????-of-00032.tfrecord", "train-*.tfrecord")]:
+        config = config.replace(f"PATH_TO_BE_CONFIGURED/{placeholder}", str(tmp_path / path))
+    return config
+
+
+def test_a_zoo_config_with_its_paths_filled_in_validates(tmp_path: Path) -> None:
+    code, out, err = _validate(tmp_path, _filled(tmp_path, retinanet()))
+    # (no data.train and no model.checkpoint in the spec: both come from the config)
+    assert code == 0, err
+    assert out.startswith("ok: det")
+
+
+def test_refusals_reach_validate_as_one_line(tmp_path: Path) -> None:
+    code, out, err = _validate(tmp_path, FASTER_RCNN_PETS, checkpoint="/c")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "model.faster_rcnn: this trainer fine-tunes" in err
+    code, _, err = _validate(tmp_path, retinanet())
+    assert code == 2
+    assert "train_config.fine_tune_checkpoint is 'PATH_TO_BE_CONFIGURED/resnet50.ckpt-1'" in err
+    code, _, err = _validate(tmp_path, _filled(tmp_path, retinanet()).replace(
+        "num_classes: 90", "num_classes: 80"))
+    assert code == 2 and "is smaller than the label map's largest id 90" in err
+
+
+def test_without_a_config_the_spec_still_needs_checkpoint_and_data() -> None:
+    raw = copy.deepcopy(BASE_SPEC)
+    raw.pop("data")
+    with pytest.raises(SpecError) as err:
+        build_spec(raw)
+    assert err.value.field == "data.train"
+    raw = copy.deepcopy(BASE_SPEC)
+    del raw["model"]["checkpoint"]
+    with pytest.raises(SpecError) as err:
+        build_spec(raw)
+    assert err.value.field == "model.checkpoint"
