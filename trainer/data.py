@@ -82,9 +82,12 @@ def usable(serialized: tf.Tensor, names: tf.Tensor, max_id: int) -> tf.Tensor:
 
 def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
                   input_context: tf.distribute.InputContext | None = None,
-                  compression: str = "") -> tf.data.Dataset:
+                  compression: str = "", undecodable: set[int] | None = None
+                  ) -> tf.data.Dataset:
     """The RetinaNet input pipeline for ``params`` (a Model Garden ``DataConfig``); examples
-    that ``usable`` rejects are dropped before decoding. ``compression``: ``""`` or ``"GZIP"``."""
+    that ``usable`` rejects, and the records whose fingerprint ``undecodable`` holds (damaged
+    images, from ``trainer.records``), are dropped before decoding. ``compression``: ``""`` or
+    ``"GZIP"``."""
     from official.vision.dataloaders import input_reader, input_reader_factory, retinanet_input
 
     model = task.task_config.model
@@ -101,9 +104,17 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
     names = tf.constant(list(name_to_id or {}) or [""], dtype=tf.string)
     max_id = model.num_classes - 1  # Model Garden counts the background as class 0
 
+    from trainer.records import fingerprint
+
+    damaged = tf.constant(sorted(undecodable or ()) or [-1], dtype=tf.int64)
+
+    def intact(serialized: tf.Tensor) -> tf.Tensor:
+        return tf.logical_not(tf.reduce_any(tf.equal(fingerprint(serialized), damaged)))
+
     def records(path: tf.Tensor) -> tf.data.Dataset:
         return tf.data.TFRecordDataset(path, compression_type=compression).filter(
-            lambda serialized: usable(serialized, names, max_id))
+            lambda serialized: tf.logical_and(intact(serialized),
+                                              usable(serialized, names, max_id)))
 
     reader = input_reader_factory.input_reader_generator(
         params, dataset_fn=records, decoder_fn=decoder.decode,

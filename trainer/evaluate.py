@@ -12,8 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int,
-             name_to_id: dict[str, int] | None = None,
-             compression: str = "") -> dict[str, float]:
+             name_to_id: dict[str, int] | None = None, compression: str = "",
+             undecodable: set[int] | None = None) -> dict[str, float]:
     """COCO metrics (AP, AP50, ..., ARmax100) and mean losses over every usable eval record,
     read like the training records (class names through the label map, GZIP)."""
     import tensorflow as tf
@@ -26,7 +26,8 @@ def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int,
     data.is_training = False
     data.dtype = "float32"
     data.drop_remainder = False
-    dataset = build_dataset(task, data, name_to_id, compression=compression)
+    dataset = build_dataset(task, data, name_to_id, compression=compression,
+                            undecodable=undecodable)
     metrics = task.build_metrics(training=False)
 
     @tf.function

@@ -4,9 +4,10 @@ is not, name any file that cannot be read at all.
 The OD API's records are trusted by its own tools; ours are not. An example is skipped (and
 counted under its reason) when it has no boxes, a box outside [0, 1] or with min >= max, box and
 class lists of different lengths, a class id outside 1..max id of the label map (0 is the
-background), a class name missing from the label map, or an image that is neither JPEG nor PNG.
-The input pipeline (``trainer.data``) skips exactly these examples, so the counts printed here are
-what training does.
+background), a class name missing from the label map, or an image that cannot be decoded (not
+JPEG or PNG, or a damaged one). The input pipeline (``trainer.data``) skips exactly these examples
+(damaged images by a fingerprint of the record: ``ScanReport.undecodable``), so the counts printed
+here are what training does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ REASONS = {
     "mismatched": "box and class lists of different lengths",
     "bad_label": "a class id outside the label map's 1..max id",
     "unknown_text": "a class name missing from the label map",
-    "bad_image": "an image that is neither JPEG nor PNG",
+    "bad_image": "an image that cannot be decoded",
 }
 BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin",
             "image/object/bbox/ymax")
@@ -42,6 +43,7 @@ class FileReport:
     records: int = 0
     usable: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
+    undecodable: list[int] = field(default_factory=list)  # fingerprints of damaged images
 
 
 @dataclass
@@ -54,6 +56,10 @@ class ScanReport:
     @property
     def records(self) -> int:
         return sum(f.records for f in self.files)
+
+    def undecodable(self) -> set[int]:
+        """Fingerprints (``fingerprint``) of the records whose image is damaged."""
+        return {h for f in self.files for h in f.undecodable}
 
     @property
     def usable(self) -> int:
@@ -137,16 +143,17 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
     report = ScanReport(compressed=kind == "GZIP")
     for path in paths:
         file_report = FileReport(str(path))
+        usable: set[int] = set()
         try:
             dataset = tf.data.TFRecordDataset(str(path), compression_type=kind)
-            for raw in dataset.as_numpy_iterator():
+            for index, raw in enumerate(dataset.as_numpy_iterator()):
                 file_report.records += 1
                 example = tf.train.Example.FromString(raw)
                 problem = example_problem(example, name_to_id, max_id)
                 if problem:
                     file_report.skipped[problem] += 1
                 else:
-                    file_report.usable += 1
+                    usable.add(index)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
                 gzip.BadGzipFile) as err:
             first = str(err).splitlines()[0][:160]
@@ -157,8 +164,51 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
                 raise
             raise RecordsError(f"{path.name}: record {file_report.records} is not a "
                                "tf.train.Example") from None
+        damaged = usable - _decodable(path, kind)
+        file_report.undecodable = _fingerprints(path, kind, damaged)
+        file_report.skipped["bad_image"] += len(damaged)
+        file_report.usable = len(usable) - len(damaged)
+        if not file_report.skipped["bad_image"]:
+            del file_report.skipped["bad_image"]
         report.files.append(file_report)
     return report
+
+
+FINGERPRINT_BUCKETS = 2**62
+
+
+def fingerprint(serialized: object) -> object:
+    """A record's fingerprint (a TensorFlow op, so the pipeline computes the same in-graph)."""
+    import tensorflow as tf
+
+    return tf.strings.to_hash_bucket_fast(serialized, FINGERPRINT_BUCKETS)
+
+
+def _fingerprints(path: Path, kind: str, indices: set[int]) -> list[int]:
+    if not indices:
+        return []
+    import tensorflow as tf
+
+    dataset = tf.data.TFRecordDataset(str(path), compression_type=kind)
+    return sorted(int(fingerprint(raw)) for index, raw in enumerate(dataset.as_numpy_iterator())
+                  if index in indices)
+
+
+def _decodable(path: Path, kind: str) -> set[int]:
+    """Indices of the records whose image decodes, decoding in parallel as training will."""
+    import tensorflow as tf
+
+    feature = {"image/encoded": tf.io.FixedLenFeature((), tf.string, default_value="")}
+
+    def decode(index: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        encoded = tf.io.parse_single_example(serialized, feature)["image/encoded"]
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        return index, tf.shape(image)[0]
+
+    dataset = (tf.data.TFRecordDataset(str(path), compression_type=kind).enumerate()
+               .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+               .ignore_errors())
+    return {int(index) for index, _ in dataset.as_numpy_iterator()}
 
 
 def check(report: ScanReport, max_skipped_fraction: float, what: str) -> None:

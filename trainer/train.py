@@ -25,7 +25,7 @@ from trainer import checkpoints
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
 from trainer.model import GlobalBatchRetinaNetTask, task_config
-from trainer.storage import Storage, StorageError, join
+from trainer.storage import Storage, StorageError, is_gcs, join
 
 log = logging.getLogger("trainer")
 
@@ -41,6 +41,7 @@ class Staged:
     eval_files: list[Path] = field(default_factory=list)
     compression: str = ""  # of the train files: "" or "GZIP"
     eval_compression: str = ""
+    undecodable: set[int] = field(default_factory=set)  # fingerprints of records to skip
     name_to_id: dict[str, int] | None = None
     init_checkpoint: str | None = None  # local prefix to fine-tune from
     resume_checkpoint: str | None = None  # local prefix of the run's own newest checkpoint
@@ -66,13 +67,14 @@ def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scrat
     if len(files) < workers:
         raise ConfigError(f"--train: {len(files)} TFRecord files for {workers} workers; "
                           "each worker needs at least one shard")
-    staged = Staged(storage.download_many(files[cluster.index::workers], scratch / "train"))
-    staged.compression = _checked(staged.train_files, name_to_id, max_id, cfg,
+    staged = Staged(_local(storage, files[cluster.index::workers], scratch / "train"))
+    staged.compression = _checked(staged, staged.train_files, name_to_id, max_id, cfg,
                                   f"worker {cluster.index} --train")
     if cfg.eval and cluster.is_chief:
-        staged.eval_files = storage.download_many(_expand(storage, cfg.eval, "--eval"),
-                                                  scratch / "eval")
-        staged.eval_compression = _checked(staged.eval_files, name_to_id, max_id, cfg, "--eval")
+        staged.eval_files = _local(storage, _expand(storage, cfg.eval, "--eval"),
+                                   scratch / "eval")
+        staged.eval_compression = _checked(staged, staged.eval_files, name_to_id, max_id, cfg,
+                                           "--eval")
     try:
         resume = checkpoints.stage_resume(storage, cfg.run_dir, scratch / "resume")
     except checkpoints.CheckpointError as err:
@@ -92,9 +94,17 @@ def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scrat
     return staged
 
 
-def _checked(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int,
+def _local(storage: Storage, uris: list[str], dest: Path) -> list[Path]:
+    """Local paths of ``uris``: local files as they are (absolute), gs:// ones downloaded."""
+    if not any(is_gcs(u) for u in uris):
+        return [Path(u).resolve() for u in uris]
+    return storage.download_many(uris, dest)
+
+
+def _checked(staged: Staged, paths: list[Path], name_to_id: dict[str, int] | None, max_id: int,
              cfg: TrainConfig, what: str) -> str:
-    """Scan the records (counts per file and reason, logged); their compression."""
+    """Scan the records (counts per file and reason, logged; damaged images noted in
+    ``staged``); their compression."""
     from trainer import records
 
     try:
@@ -103,6 +113,7 @@ def _checked(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int,
         records.check(report, cfg.max_skipped_fraction, what)
     except records.RecordsError as err:
         raise ConfigError(str(err)) from None
+    staged.undecodable |= report.undecodable()
     return "GZIP" if report.compressed else ""
 
 
@@ -212,12 +223,12 @@ class Run:
 
 
 def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Storage,
-          staged: Staged, scratch: Path) -> Run:
-    """Strategy, model, optimizer and checkpoint, restored from where this run starts."""
+          staged: Staged, scratch: Path, strategy: Any) -> Run:
+    """Model, optimizer and checkpoint under ``strategy``, restored from where this run
+    starts."""
     import tensorflow as tf
     import tf_keras
 
-    strategy = make_strategy(cluster)
     replicas = strategy.num_replicas_in_sync
     if cfg.global_batch_size % replicas:
         raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
@@ -226,7 +237,8 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
     mixed = bool(gpus) and cfg.mixed_precision is not False
     if mixed:
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
-    task = GlobalBatchRetinaNetTask(task_config(cfg, num_classes, str(scratch / "train" / "*"),
+    task = GlobalBatchRetinaNetTask(task_config(cfg, num_classes,
+                                                ",".join(str(p) for p in staged.train_files),
                                                 local_files=len(staged.train_files),
                                                 sync_bn=True))
     with strategy.scope():
@@ -274,14 +286,17 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None
     from trainer.data import build_dataset
 
     name_to_id = {name: i for i, name in labels.items()} if labels else None
+    # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures collectives at
+    # start-up, and staging reads records and checkpoints with TensorFlow.
+    strategy = make_strategy(cluster)
     staged = stage_inputs(cfg, storage, cluster, scratch, name_to_id, num_classes - 1)
     staged.name_to_id = name_to_id
     if cluster.is_chief:
         _record_config(cfg, storage)
-    run = build(cfg, cluster, num_classes, storage, staged, scratch)
+    run = build(cfg, cluster, num_classes, storage, staged, scratch, strategy)
     dataset = run.strategy.distribute_datasets_from_function(
         lambda ctx: build_dataset(run.task, run.task.task_config.train_data, name_to_id, ctx,
-                                  staged.compression))
+                                  staged.compression, staged.undecodable))
     iterator = iter(dataset)
 
     @tf.function
@@ -385,7 +400,8 @@ def finish(run: Run, staged: Staged) -> None:
         tf.train.Checkpoint(**model.checkpoint_items).read(
             run.manager.latest_checkpoint).expect_partial().assert_existing_objects_matched()
         report["eval"] = evaluate(run.task, model, staged.eval_files, run.cfg.global_batch_size,
-                                  staged.name_to_id, staged.eval_compression)
+                                  staged.name_to_id, staged.eval_compression,
+                                  staged.undecodable)
         writer = tf.summary.create_file_writer(str(run.scratch / "summaries" / "eval"))
         with writer.as_default():
             for name, value in report["eval"].items():

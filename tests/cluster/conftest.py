@@ -71,7 +71,7 @@ def spec_file(tmp_path: Path, ns: str, runs: Path) -> Path:
     (data / "train-0.tfrecord").write_bytes(b"x")
     raw = copy.deepcopy(BASE_SPEC)
     raw.update(namespace=ns, runDir=str(runs), image="trainer:test")
-    raw["model"] = {"checkpoint": str(tmp_path / "ckpt" / "ckpt-0")}
+    raw["model"] = {"checkpoint": str(tmp_path / "ckpt" / "ckpt-0"), "numClasses": 3}
     raw["data"] = {"train": [str(data / "train-*.tfrecord")]}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -377,10 +377,12 @@ def test_pre_submit_checks_name_the_field(plane: ControlPlane, ns: str, kubeconf
     label_map = tmp_path / "label_map.pbtxt"
     label_map.write_text("item { id: 1 name: 'a' }\nitem { id: 2 name: 'b' }\n")
     result = cli("submit", str(spec_file), "--key-secret", "gcs-key", "--label-map",
-                 str(label_map), "--set", "model.numClasses=3", "--train", "/nonexistent/x-*")
+                 str(label_map), "--set", "model.numClasses=1")
     _one_error_line(result, "auth.keySecret: Secret 'gcs-key' not found in " + ns)
-    assert "model.numClasses: 3 but the label map has 2 classes" in result.stderr
-    assert "data.train[0]: /nonexistent/x-* matches no file" in result.stderr
+    assert "trainer: num_classes 1 (flag) is smaller than the label map's largest id 2" in \
+        result.stderr
+    result = cli("submit", str(spec_file), "--train", "/nonexistent/x-*")
+    _one_error_line(result, "data.train[0]: /nonexistent/x-* matches no file")
     plane.must("POST", f"/api/v1/namespaces/{ns}/secrets", {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gcs-key", "namespace": ns},
         "data": {"other": ""}})

@@ -53,6 +53,7 @@ CASES: dict[str, tuple[Any, ...]] = {
     "3 boxes, 2 labels": (([OK, OK, OK], [1, 2], None), "mismatched"),
     "unknown name": (([OK], None, ["purple"]), "unknown_text"),
     "not an image": (([OK], [1], None, b"GIF89a..."), "bad_image"),
+    "damaged JPEG": (([OK], [1], None, b"\xff\xd8\xff\xe0" + b"\x00" * 40), "bad_image"),
 }
 
 
@@ -66,7 +67,8 @@ def _write(path: Path, serialized: list[bytes], compress: bool = False) -> Path:
     return path
 
 
-def _pipeline_count(path: Path, compression: str = "") -> int:
+def _pipeline_count(path: Path, compression: str = "",
+                    undecodable: set[str] | None = None) -> int:
     from official.vision.tasks import retinanet
 
     from trainer.config import TrainConfig
@@ -79,7 +81,8 @@ def _pipeline_count(path: Path, compression: str = "") -> int:
     params = task.task_config.validation_data
     params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
     params.dtype = "float32"
-    return sum(1 for _ in build_dataset(task, params, NAMES, compression=compression))
+    return sum(1 for _ in build_dataset(task, params, NAMES, compression=compression,
+                                        undecodable=undecodable))
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -95,11 +98,13 @@ def test_each_fault_is_skipped_counted_and_skipped_alike_by_the_pipeline(
     assert report.files[0].records == len(CASES)
     assert report.usable == expected.count(None) == 3
     assert dict(report.files[0].skipped) == {r: expected.count(r) for r in expected if r}
-    assert _pipeline_count(path, "GZIP" if compress else "") == 3
+    # The damaged JPEG passes every check but decoding: the scan notes its fingerprint.
+    assert len(report.undecodable()) == 1
+    assert _pipeline_count(path, "GZIP" if compress else "", report.undecodable()) == 3
     summary = report.summary()
     assert summary.startswith(f"3 of {len(CASES)} examples usable in 1 file(s); ")
     assert "2 skipped for a box outside [0, 1] or with min >= max (2 in mixed.tfrecord)" in summary
-    with pytest.raises(records.RecordsError, match=r"worker 0: 63.6% of the examples are "
+    with pytest.raises(records.RecordsError, match=r"worker 0: 66.7% of the examples are "
                                                    r"unusable, more than --max-skipped-fraction"):
         records.check(report, 0.01, "worker 0")
 

@@ -34,7 +34,9 @@ def _assert_user_error(result: subprocess.CompletedProcess[str], *words: str) ->
 @pytest.mark.parametrize(("case", "extra", "words"), [
     ("missing checkpoint", ["--checkpoint", f"gs://{BUCKET}/no-model/ckpt-3"],
      ["--checkpoint", "ckpt-3.index"]),
-    ("class count mismatch", ["--num-classes", "7"], ["--num-classes 7", "label map's 4"]),
+    # Ids, not counts: 2 classes cannot hold the label map's id 4.
+    ("class count too small", ["--num-classes", "2"], ["num_classes 2 (flag)",
+                                                       "label map's largest id 4"]),
     ("empty input glob", ["--train", f"gs://{BUCKET}/data/nothing-*.tfrecord"],
      ["matches no file"]),
     ("missing label map", ["--label-map", f"gs://{BUCKET}/data/nope.pbtxt"], ["not found"]),
