@@ -348,6 +348,8 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None
         return contract.EXIT_RETRYABLE
     if cluster.is_chief:
         finish(run, staged)
+    if handler is not None:
+        _stop_preemption_watchers(handler)
     if cluster.workers:
         _leave_together(cluster)
     log.info("done: %d steps, checkpoints in %s", step, checkpoints.checkpoints_dir(cfg.run_dir))
@@ -356,6 +358,17 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None
 
 # Eval and export on the chief take minutes on a large eval set; its peers wait that long.
 EXIT_BARRIER_TIMEOUT_MS = 6 * 3600 * 1000
+
+
+def _stop_preemption_watchers(handler: Any) -> None:
+    """Stop the handler's watcher threads (what its ``__del__`` does, only too late): they block
+    on the coordination service, and a peer that leaves while they wait is reported by the
+    chief as a crash."""
+    for name in ("_stop_cluster_wise_termination_watcher_thread",
+                 "_stop_poll_termination_signal_thread"):
+        stop = getattr(handler, name, None)
+        if stop is not None:
+            stop()
 
 
 def _leave_together(cluster: ClusterInfo) -> None:

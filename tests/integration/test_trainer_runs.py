@@ -155,5 +155,5 @@ def test_corrupt_shard_stops_every_worker_with_the_error(tmp_path: Path, gcs: St
     code, _, err = _finish(_launcher("run-local", str(spec), "--grace", "20"), [])
     assert code != 0
     assert err.startswith("error: worker 1 exited with code 1: "), err
-    assert "corrupt TFRecord" in err
+    assert "train-00001-of-00002.tfrecord: not a readable TFRecord file" in err
     assert latest_step(gcs, _run_dir(spec)) is None  # nothing published
