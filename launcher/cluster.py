@@ -18,7 +18,7 @@ from typing import Any
 from launcher import contract
 from launcher.errors import LauncherError
 from launcher.kube import Kube, KubeError
-from launcher.status import job_phase, pod_index
+from launcher.status import job_phase, owned_pods, pod_index
 
 MANAGED = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
 # What a job consists of, in delete order (the Job last, foreground: its pods first).
@@ -343,9 +343,7 @@ def worker_pods(kube: Kube, name: str, namespace: str, index: int | None = None
     job = kube.get("Job", namespace, name)
     if job is None:
         raise LauncherError(f"job {namespace}/{name} not found")
-    uid = job["metadata"]["uid"]
-    pods = [p for p in kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}")
-            if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences", []))]
+    pods = owned_pods(kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}"), job)
     pods = [p for p in pods if index is None or pod_index(p) == index]
     return sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), pod_index(p),
                                        p["metadata"]["name"]))

@@ -225,8 +225,7 @@ def status(kube: Kube, name: str, namespace: str,
     job = kube.get("Job", namespace, name)
     if job is None:
         raise LauncherError(f"job {namespace}/{name} not found")
-    pods = [p for p in kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}")
-            if _owned_by(p, job)]
+    pods = owned_pods(kube.list("Pod", namespace, f"{contract.JOB_NAME_LABEL}={name}"), job)
     workers = int(job["spec"].get("completions", 1))
     newest = newest_per_index(pods)
     indexes = []
@@ -253,7 +252,8 @@ def status(kube: Kube, name: str, namespace: str,
         step=progress(run_dir) if progress and run_dir else None, steps=steps, run_dir=run_dir)
 
 
-def _owned_by(pod: dict[str, Any], job: dict[str, Any]) -> bool:
-    """Pods of this Job object, not of an earlier Job of the same name."""
+def owned_pods(pods: list[dict[str, Any]], job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of this Job object, not of an earlier Job of the same name."""
     uid = job["metadata"]["uid"]
-    return any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences", []))
+    return [p for p in pods
+            if any(ref.get("uid") == uid for ref in p["metadata"].get("ownerReferences", []))]
