@@ -46,6 +46,19 @@ class TrainConfig:
     warmup_learning_rate: float = 0.0  # where the linear warm-up starts
     total_steps: int | None = None  # of the cosine decay, warm-up included; None: steps
     momentum: float = 0.9
+    # RetinaNet structure from a pipeline.config; None: Model Garden's (or the tiny size's)
+    min_level: int | None = None
+    max_level: int | None = None
+    anchor_size: float | None = None
+    aspect_ratios: list[float] | None = None
+    num_scales: int | None = None
+    fpn_filters: int | None = None
+    fpn_separable: bool | None = None
+    head_filters: int | None = None
+    head_convs: int | None = None
+    head_separable: bool | None = None
+    focal_alpha: float | None = None
+    focal_gamma: float | None = None
     clip_norm: float = 10.0  # global gradient norm; 0: none
     horizontal_flip: bool = True
     log_every: int = 10
@@ -111,6 +124,9 @@ FROM_PIPELINE = {
     "warmup_steps": "warmup_steps", "warmup_learning_rate": "warmup_learning_rate",
     "total_steps": "total_steps", "momentum": "momentum", "horizontal_flip": "horizontal_flip",
     "clip_norm": "clip_norm",
+    **{name: name for name in ("min_level", "max_level", "anchor_size", "aspect_ratios",
+                               "num_scales", "fpn_filters", "fpn_separable", "head_filters",
+                               "head_convs", "head_separable", "focal_alpha", "focal_gamma")},
     "label_map": "label_map_path", "train": "train_input_paths", "eval": "eval_input_paths",
     "freeze_batchnorm": "freeze_batchnorm",
 }

@@ -59,6 +59,22 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         model.min_level, model.max_level = 3, 5
         model.head.num_convs, model.head.num_filters = 1, 32
         model.anchor.num_scales, model.anchor.aspect_ratios = 1, [1.0]
+    # What a pipeline.config says (``trainer.pipeline_config``) wins over both.
+    structure = {"min_level": (model, "min_level"), "max_level": (model, "max_level"),
+                 "anchor_size": (model.anchor, "anchor_size"),
+                 "aspect_ratios": (model.anchor, "aspect_ratios"),
+                 "num_scales": (model.anchor, "num_scales"),
+                 "fpn_filters": (model.decoder.fpn, "num_filters"),
+                 "fpn_separable": (model.decoder.fpn, "use_separable_conv"),
+                 "head_filters": (model.head, "num_filters"),
+                 "head_convs": (model.head, "num_convs"),
+                 "head_separable": (model.head, "use_separable_conv"),
+                 "focal_alpha": (task.losses, "focal_loss_alpha"),
+                 "focal_gamma": (task.losses, "focal_loss_gamma")}
+    for name, (target, attribute) in structure.items():
+        value = getattr(cfg, name)
+        if value is not None:
+            setattr(target, attribute, value)
     task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
     task.init_checkpoint_modules = {"classification": "backbone",
                                     "detection": ["backbone", "decoder"],

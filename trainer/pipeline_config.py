@@ -11,8 +11,9 @@ an FPN feature extractor and a weight-shared box predictor. So ``faster_rcnn`` a
 ``center_net``, plain SSD and EfficientDet feature extractors, optimizers other than momentum,
 learning-rate schedules other than cosine and constant, ``keep_aspect_ratio_resizer``, sizes that
 are not square multiples of 32 and augmentations other than ``random_horizontal_flip`` are
-refused. The fine structure of the head and losses (box coder, matcher, anchor and loss
-hyper-parameters, post-processing) is Model Garden RetinaNet's own and is not read.
+refused. FPN levels, anchors, FPN and head widths, depthwise convolutions and the focal loss's
+alpha and gamma are honoured; the box coder, matcher, localization loss and post-processing are
+Model Garden RetinaNet's own and are not read.
 """
 
 from __future__ import annotations
@@ -31,10 +32,29 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
     "Meta": [("num_classes", "int32", False), ("image_resizer", "ImageResizer", False),
              ("freeze_batchnorm", "bool", False),
              ("feature_extractor", "FeatureExtractor", False),
-             ("box_predictor", "BoxPredictor", False)],
-    "FeatureExtractor": [("type", "string", False)],
-    "BoxPredictor": [("weight_shared_convolutional_box_predictor", "Empty", False),
+             ("box_predictor", "BoxPredictor", False),
+             ("anchor_generator", "AnchorGenerator", False),
+             ("loss", "Loss", False)],
+    "FeatureExtractor": [("type", "string", False), ("use_depthwise", "bool", False),
+                         ("fpn", "Fpn", False)],
+    "Fpn": [("min_level", "int32", False), ("max_level", "int32", False),
+            ("additional_layer_depth", "int32", False)],
+    "BoxPredictor": [("weight_shared_convolutional_box_predictor", "WeightShared", False),
                      ("convolutional_box_predictor", "Empty", False)],
+    "WeightShared": [("depth", "int32", False), ("num_layers_before_predictor", "int32", False),
+                     ("kernel_size", "int32", False), ("use_depthwise", "bool", False)],
+    "AnchorGenerator": [("multiscale_anchor_generator", "Multiscale", False),
+                        ("ssd_anchor_generator", "Empty", False),
+                        ("grid_anchor_generator", "Empty", False)],
+    "Multiscale": [("min_level", "int32", False), ("max_level", "int32", False),
+                   ("anchor_scale", "float", False), ("aspect_ratios", "float", True),
+                   ("scales_per_octave", "int32", False)],
+    "Loss": [("classification_loss", "ClassificationLoss", False)],
+    "ClassificationLoss": [("weighted_sigmoid_focal", "Focal", False),
+                           ("weighted_sigmoid", "Empty", False),
+                           ("weighted_softmax", "Empty", False),
+                           ("bootstrapped_sigmoid", "Empty", False)],
+    "Focal": [("alpha", "float", False), ("gamma", "float", False)],
     "Empty": [],
     "ImageResizer": [("fixed_shape_resizer", "FixedShape", False),
                      ("keep_aspect_ratio_resizer", "KeepAspect", False)],
@@ -118,6 +138,19 @@ class PipelineConfig:
     momentum: float | None = None
     clip_norm: float | None = None  # 0: none (the OD API's default)
     horizontal_flip: bool | None = None  # None: the file has no data_augmentation_options
+    # RetinaNet structure (Model Garden's names): FPN levels and anchors, FPN and head widths
+    min_level: int | None = None
+    max_level: int | None = None
+    anchor_size: float | None = None
+    aspect_ratios: list[float] = field(default_factory=list)
+    num_scales: int | None = None
+    fpn_filters: int | None = None
+    fpn_separable: bool | None = None
+    head_filters: int | None = None
+    head_convs: int | None = None
+    head_separable: bool | None = None
+    focal_alpha: float | None = None
+    focal_gamma: float | None = None
     label_map_path: str | None = None
     freeze_batchnorm: bool | None = None
     train_input_paths: list[str] = field(default_factory=list)
@@ -212,6 +245,7 @@ def _model(model: Any, take: Any, refuse: Any) -> None:
     if ssd.box_predictor.HasField("convolutional_box_predictor"):
         raise refuse(f"{prefix}.box_predictor.convolutional_box_predictor",
                      "supported: weight_shared_convolutional_box_predictor (RetinaNet)")
+    _structure(ssd, prefix, take, refuse)
     take("num_classes", _opt(ssd, "num_classes"), f"{prefix}.num_classes")
     take("freeze_batchnorm", _opt(ssd, "freeze_batchnorm"), f"{prefix}.freeze_batchnorm")
     resizer = ssd.image_resizer
@@ -226,6 +260,56 @@ def _model(model: Any, take: Any, refuse: Any) -> None:
             raise refuse(path, f"{shape.height}x{shape.width}: supported: a square size that "
                          f"is a multiple of 32 (e.g. {nearest}x{nearest})")
         take("image_size", shape.height, path)
+
+
+def _structure(ssd: Any, prefix: str, take: Any, refuse: Any) -> None:
+    """FPN levels and anchors, FPN and head widths, focal loss: Model Garden's RetinaNet has a
+    field for each, so they are honoured (box coder, matcher and localization loss are its own)."""
+    extractor = ssd.feature_extractor
+    path = f"{prefix}.feature_extractor"
+    take("fpn_separable", _opt(extractor, "use_depthwise"), f"{path}.use_depthwise")
+    if extractor.HasField("fpn"):
+        take("fpn_filters", _opt(extractor.fpn, "additional_layer_depth"),
+             f"{path}.fpn.additional_layer_depth")
+    generator = ssd.anchor_generator
+    for other in ("ssd_anchor_generator", "grid_anchor_generator"):
+        if generator.HasField(other):
+            raise refuse(f"{prefix}.anchor_generator.{other}",
+                         "supported: multiscale_anchor_generator (RetinaNet)")
+    if generator.HasField("multiscale_anchor_generator"):
+        anchors = generator.multiscale_anchor_generator
+        path = f"{prefix}.anchor_generator.multiscale_anchor_generator"
+        levels = (_opt(anchors, "min_level"), _opt(anchors, "max_level"))
+        fpn = extractor.fpn if extractor.HasField("fpn") else None
+        fpn_levels = (_opt(fpn, "min_level"), _opt(fpn, "max_level")) if fpn else levels
+        if fpn_levels != levels:
+            raise refuse(f"{path}.min_level/max_level", f"{levels} differ from the FPN's "
+                         f"{fpn_levels}; supported: the same levels for both")
+        take("min_level", levels[0], f"{path}.min_level")
+        take("max_level", levels[1], f"{path}.max_level")
+        take("anchor_size", _float(_opt(anchors, "anchor_scale")), f"{path}.anchor_scale")
+        if anchors.aspect_ratios:
+            take("aspect_ratios", [_float(r) for r in anchors.aspect_ratios],
+                 f"{path}.aspect_ratios")
+        take("num_scales", _opt(anchors, "scales_per_octave"), f"{path}.scales_per_octave")
+    if ssd.box_predictor.HasField("weight_shared_convolutional_box_predictor"):
+        head = ssd.box_predictor.weight_shared_convolutional_box_predictor
+        path = f"{prefix}.box_predictor.weight_shared_convolutional_box_predictor"
+        if _opt(head, "kernel_size") not in (None, 3):
+            raise refuse(f"{path}.kernel_size", f"{head.kernel_size}: supported: 3")
+        take("head_filters", _opt(head, "depth"), f"{path}.depth")
+        take("head_convs", _opt(head, "num_layers_before_predictor"),
+             f"{path}.num_layers_before_predictor")
+        take("head_separable", _opt(head, "use_depthwise"), f"{path}.use_depthwise")
+    loss = ssd.loss.classification_loss
+    path = f"{prefix}.loss.classification_loss"
+    for other in ("weighted_sigmoid", "weighted_softmax", "bootstrapped_sigmoid"):
+        if loss.HasField(other):
+            raise refuse(f"{path}.{other}", "supported: weighted_sigmoid_focal (RetinaNet)")
+    if loss.HasField("weighted_sigmoid_focal"):
+        focal = loss.weighted_sigmoid_focal
+        take("focal_alpha", _float(_opt(focal, "alpha")), f"{path}.weighted_sigmoid_focal.alpha")
+        take("focal_gamma", _float(_opt(focal, "gamma")), f"{path}.weighted_sigmoid_focal.gamma")
 
 
 def _train(train: Any, take: Any, refuse: Any) -> None:

@@ -272,3 +272,53 @@ def test_label_map_ids_are_not_counts(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"num_classes 80 \(model.ssd.num_classes\) is smaller "
                                           r"than the label map's largest id 90"):
         resolve_num_classes(small, labels)
+
+
+FPNLITE_EXTRACTOR = """feature_extractor {
+      type: 'ssd_mobilenet_v2_fpn_keras'
+      use_depthwise: true
+      fpn { min_level: 3 max_level: 7 additional_layer_depth: 128 }"""
+
+
+def fpnlite() -> str:
+    """ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config: narrower, depthwise FPN and head."""
+    text = retinanet("ssd_mobilenet_v2_fpn_keras", size="320")
+    text = text.replace("""feature_extractor {
+      type: 'ssd_mobilenet_v2_fpn_keras'
+      fpn { min_level: 3 max_level: 7 }""", FPNLITE_EXTRACTOR)
+    return text.replace("depth: 256", "depth: 128\n        share_prediction_tower: true\n"
+                        "        use_depthwise: true")
+
+
+def test_retinanet_structure_is_honoured(tmp_path) -> None:
+    flags = ["--checkpoint", "/c", "--label-map", "/lm", "--train", "/t", "--eval", "/e"]
+    cfg = _cfg(retinanet(), tmp_path, *flags)
+    assert (cfg.min_level, cfg.max_level, cfg.anchor_size, cfg.aspect_ratios,
+            cfg.num_scales) == (3, 7, 4.0, [1.0, 2.0, 0.5], 2)
+    assert (cfg.head_filters, cfg.head_convs, cfg.head_separable) == (256, 4, None)
+    assert (cfg.focal_alpha, cfg.focal_gamma) == (0.25, 2.0)
+    lite = _cfg(fpnlite(), tmp_path, *flags)
+    assert (lite.fpn_filters, lite.fpn_separable, lite.head_filters, lite.head_separable) == (
+        128, True, 128, True)
+    assert lite.sources["fpn_filters"] == (
+        "pipeline.config:model.ssd.feature_extractor.fpn.additional_layer_depth")
+
+
+@pytest.mark.parametrize(("change", "field", "supported"), [
+    (("multiscale_anchor_generator { min_level: 3", "ssd_anchor_generator { num_layers: 6 } "
+      "multiscale_anchor_generator { min_level: 3"), "anchor_generator.ssd_anchor_generator",
+     "supported: multiscale_anchor_generator"),
+    (("weighted_sigmoid_focal { alpha: 0.25 gamma: 2.0 }", "weighted_softmax { }"),
+     "classification_loss.weighted_softmax", "supported: weighted_sigmoid_focal"),
+    (("kernel_size: 3", "kernel_size: 5"), "box_predictor.weight_shared_convolutional_box_"
+     "predictor.kernel_size", "5: supported: 3"),
+    (("fpn { min_level: 3 max_level: 7 }", "fpn { min_level: 3 max_level: 6 }"),
+     "multiscale_anchor_generator.min_level/max_level", "(3, 7) differ from the FPN's (3, 6)"),
+])
+def test_structure_the_trainer_cannot_build_is_refused(change: tuple[str, str], field: str,
+                                                       supported: str) -> None:
+    text = retinanet()
+    assert change[0] in text
+    with pytest.raises(PipelineConfigError) as err:
+        parse(text.replace(*change))
+    assert field in str(err.value) and supported in str(err.value), str(err.value)
