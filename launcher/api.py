@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
+from launcher.errors import first_line
 from launcher.render import render
 from launcher.spec import JobSpec, SpecSource, load_spec
 from launcher.validate import DEFAULT_K8S_VERSION, validate_objects
@@ -27,7 +28,7 @@ def job_object(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return next(o for o in objects if o["kind"] == "Job")
 
 
-def write_run_spec(spec: JobSpec) -> str:
+def write_run_spec(spec: JobSpec, storage: Any = None) -> str:
     """Store the resolved spec as ``spec.yaml`` in the job's run directory; returns its URI."""
     from launcher import contract
     from launcher.spec import dump_spec
@@ -36,7 +37,7 @@ def write_run_spec(spec: JobSpec) -> str:
     # google-cloud-storage comes with the trainer extra, which running locally needs anyway.
     from trainer.storage import Storage
 
-    Storage().write_text(uri, dump_spec(spec))
+    (storage or Storage()).write_text(uri, dump_spec(spec))
     return uri
 
 
@@ -86,7 +87,7 @@ def submit(source: SpecSource | JobSpec, context: str | None = None, replace: bo
         except Exception as err:  # no credentials or no route to GCS from here
             found.append(cluster.Check(
                 "warning", f"run directory not recorded ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:160] if str(err) else ''}): "
+                           f"{first_line(err, 160)}): "
                            "`delete --purge` will refuse to delete it"))
     return spec, applied, found
 
@@ -101,7 +102,7 @@ def record_run_dir(spec: JobSpec, job: dict[str, Any]) -> None:
 
     meta = job["metadata"]
     storage = Storage()
-    write_run_spec(spec)
+    write_run_spec(spec, storage)
     storage.write_text(contract.run_path(spec.job_run_dir, contract.RUN_JOB_RECORD), json.dumps(
         {"namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"]}) + "\n")
 
@@ -181,8 +182,8 @@ def purge_plan(job: dict[str, Any]) -> Any:
         raise LauncherError(f"{refuse}: install the [trainer] extra to reach storage; nothing "
                             "was deleted") from None
     except Exception as err:
-        first = str(err).splitlines()[0][:200] if str(err) else ""
-        raise LauncherError(f"{refuse} cannot be checked ({type(err).__name__}: {first}); "
+        raise LauncherError(f"{refuse} cannot be checked ({type(err).__name__}: "
+                            f"{first_line(err)}); "
                             "nothing was deleted") from None
     expected = {"namespace": ns, "name": name, "uid": uid}
     if not isinstance(record, dict) or {k: record.get(k) for k in expected} != expected or \

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher import contract
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, first_line
 from launcher.kube import Kube, KubeError
 from launcher.status import job_phase, owned_pods, pod_index
 
@@ -177,7 +177,7 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
         return [Check("error", f"trainer: {err}")]
     except Exception as err:  # no credentials, no network: say so and let the user decide
         return [Check("warning", f"inputs not checked: {type(err).__name__}: "
-                                 f"{str(err).splitlines()[0][:120] if str(err) else ''}")]
+                                 f"{first_line(err, 120)}")]
 
 
 def _owner(job: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,13 @@ def shown(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def first_line(err: object, limit: int = 200) -> str:
+    """The first line of an exception's message (or any text), cut at ``limit``; empty if none.
+    Library errors often carry pages of context; an error line needs its first sentence."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else ""
+
+
 def escape(text: str) -> str:
     """Control and format characters (ANSI/OSC escapes, newlines, bidi overrides) as
     ``\\xNN``/``\\uNNNN`` so that a message cannot act on the terminal or span lines."""

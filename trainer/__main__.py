@@ -10,6 +10,7 @@ import os
 import sys
 
 from launcher import contract
+from launcher.errors import first_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _transient(err):
             raise
         log.error("error: storage unavailable: %s: %s", type(err).__name__,
-                  str(err).splitlines()[0][:300] if str(err) else "")
+                  first_line(err, 300))
         return contract.EXIT_RETRYABLE
 
 

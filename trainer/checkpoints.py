@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from launcher import contract
+from launcher.errors import first_line
 from trainer.storage import Storage, StorageError, is_gcs, join
 
 log = logging.getLogger(__name__)
@@ -69,8 +70,7 @@ def verify(local_prefix: str) -> None:
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
     except Exception as err:  # DataLossError, NotFoundError, OpError: all mean unreadable
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(first) from None
+        raise CheckpointError(first_line(err) or type(err).__name__) from None
 
 
 def stage_resume(storage: Storage, run_dir: str, dest: Path) -> tuple[int, str] | None:
@@ -220,9 +220,8 @@ class Publisher:
         try:
             future.result()
         except Exception as err:
-            first = str(err).splitlines()[0][:300] if str(err) else ""
             raise PublishError(f"publishing a checkpoint to {self.target} failed: "
-                               f"{type(err).__name__}: {first}") from err
+                               f"{type(err).__name__}: {first_line(err, 300)}") from err
 
     def wait(self) -> None:
         """Block until every upload has finished; ``PublishError`` for the first failure."""

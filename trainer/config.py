@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher import contract
-from trainer.pipeline_config import PipelineConfig, PipelineConfigError
+from trainer.pipeline_config import STRUCTURE, PipelineConfig, PipelineConfigError
 from trainer.pipeline_config import parse as parse_pipeline
 
 
@@ -124,9 +124,7 @@ FROM_PIPELINE = {
     "warmup_steps": "warmup_steps", "warmup_learning_rate": "warmup_learning_rate",
     "total_steps": "total_steps", "momentum": "momentum", "horizontal_flip": "horizontal_flip",
     "clip_norm": "clip_norm",
-    **{name: name for name in ("min_level", "max_level", "anchor_size", "aspect_ratios",
-                               "num_scales", "fpn_filters", "fpn_separable", "head_filters",
-                               "head_convs", "head_separable", "focal_alpha", "focal_gamma")},
+    **{name: name for name in STRUCTURE},
     "label_map": "label_map_path", "train": "train_input_paths", "eval": "eval_input_paths",
     "freeze_batchnorm": "freeze_batchnorm",
 }

@@ -113,6 +113,10 @@ class PipelineConfigError(ValueError):
     """The file is not a readable pipeline.config."""
 
 
+# The RetinaNet structure a config can set, by its name in PipelineConfig and TrainConfig.
+STRUCTURE = ("min_level", "max_level", "anchor_size", "aspect_ratios", "num_scales",
+             "fpn_filters", "fpn_separable", "head_filters", "head_convs", "head_separable",
+             "focal_alpha", "focal_gamma")
 # OD API feature extractors that are an FPN over a backbone Model Garden RetinaNet offers.
 FEATURE_EXTRACTORS = {"ssd_resnet50_v1_fpn_keras": "resnet50",
                       "ssd_mobilenet_v2_fpn_keras": "mobilenetv2"}

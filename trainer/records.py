@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from launcher.errors import first_line
+
 REASONS = {
     "no_boxes": "no boxes",
     "bad_box": "a box outside [0, 1] or with min >= max",
@@ -156,9 +158,8 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
                     usable.add(index)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
                 gzip.BadGzipFile) as err:
-            first = str(err).splitlines()[0][:160]
             raise RecordsError(f"{path.name}: not a readable TFRecord file after "
-                               f"{file_report.records} records ({first})") from None
+                               f"{file_report.records} records ({first_line(err, 160)})") from None
         except Exception as err:  # a record that is not a tf.train.Example
             if type(err).__name__ != "DecodeError":
                 raise

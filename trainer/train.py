@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import contract
+from launcher.errors import first_line
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
@@ -149,8 +150,7 @@ def _restore(checkpoint: Any, prefix: str, what: str) -> None:
     try:
         checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:300]
-        raise ConfigError(f"{what} does not fit this model: {first}") from None
+        raise ConfigError(f"{what} does not fit this model: {first_line(err, 300)}") from None
 
 
 def _fine_tune(task: Any, model: Any, prefix: str, cfg: TrainConfig) -> None:
@@ -330,14 +330,14 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None
             run.publisher.close()
     except tf.errors.DataLossError as err:
         raise ConfigError(f"corrupt TFRecord in this worker's shards: "
-                          f"{str(err).splitlines()[0][:200]}") from None
+                          f"{first_line(err)}") from None
     except tf.errors.InvalidArgumentError as err:
         if "label map" in str(err):
-            raise ConfigError(str(err).splitlines()[0][:300]) from None
+            raise ConfigError(first_line(err, 300)) from None
         raise
     except tf.errors.OpError as err:
         if _is_peer_loss(err):
-            log.error("a peer was lost at step %d: %s", step, str(err).splitlines()[0][:200])
+            log.error("a peer was lost at step %d: %s", step, first_line(err))
             return contract.EXIT_PEER_LOST
         raise
     except checkpoints.PublishError as err:
@@ -382,7 +382,7 @@ def _leave_together(cluster: ClusterInfo) -> None:
         context.context().wait_at_barrier("launcher-trainer-exit", EXIT_BARRIER_TIMEOUT_MS)
     except Exception as err:  # the chief failed after training: its own exit code says so
         if not cluster.is_chief:
-            log.warning("the chief did not finish cleanly: %s", str(err).splitlines()[0][:200])
+            log.warning("the chief did not finish cleanly: %s", first_line(err))
             return
         raise
 
