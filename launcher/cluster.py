@@ -166,8 +166,9 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
         labels = parse_label_map(storage.read_text(cfg.label_map), cfg.label_map) \
             if cfg.label_map else None
         resolve_num_classes(cfg, labels)
-        checks = [Check("error", f"data.train[{i}]: {pattern} matches no file")
-                  for i, pattern in enumerate(cfg.train) if not storage.glob(pattern)]
+        checks = [Check("warning", f"model.pipelineConfig {line}") for line in cfg.differences]
+        checks += [Check("error", f"data.train[{i}]: {pattern} matches no file")
+                   for i, pattern in enumerate(cfg.train) if not storage.glob(pattern)]
         if probe_write:
             probe = f"{spec.job_run_dir.rstrip('/')}/.launcher-write-check"
             storage.write_text(probe, "ok\n")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher import contract
-from trainer.pipeline_config import STRUCTURE, PipelineConfig, PipelineConfigError
+from trainer.pipeline_config import PipelineConfig, PipelineConfigError
 from trainer.pipeline_config import parse as parse_pipeline
 
 
@@ -46,19 +46,13 @@ class TrainConfig:
     warmup_learning_rate: float = 0.0  # where the linear warm-up starts
     total_steps: int | None = None  # of the cosine decay, warm-up included; None: steps
     momentum: float = 0.9
-    # RetinaNet structure from a pipeline.config; None: Model Garden's (or the tiny size's)
-    min_level: int | None = None
-    max_level: int | None = None
-    anchor_size: float | None = None
-    aspect_ratios: list[float] | None = None
-    num_scales: int | None = None
-    fpn_filters: int | None = None
-    fpn_separable: bool | None = None
-    head_filters: int | None = None
-    head_convs: int | None = None
-    head_separable: bool | None = None
-    focal_alpha: float | None = None
-    focal_gamma: float | None = None
+    # From a pipeline.config (``trainer.pipeline_config``); empty: Model Garden's own settings
+    # (or the tiny size's). Model Garden task-config path -> value:
+    model_garden: dict[str, Any] = field(default_factory=dict)
+    # "backbone" | "decoder" | "head" -> {activation, norm_momentum, norm_epsilon, l2}:
+    layer_hyperparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what Model Garden does its own way although the config says otherwise, one line each:
+    differences: list[str] = field(default_factory=list)
     clip_norm: float = 10.0  # global gradient norm; 0: none
     horizontal_flip: bool = True
     log_every: int = 10
@@ -124,7 +118,8 @@ FROM_PIPELINE = {
     "warmup_steps": "warmup_steps", "warmup_learning_rate": "warmup_learning_rate",
     "total_steps": "total_steps", "momentum": "momentum", "horizontal_flip": "horizontal_flip",
     "clip_norm": "clip_norm",
-    **{name: name for name in STRUCTURE},
+    "model_garden": "model_garden", "layer_hyperparams": "layer_hyperparams",
+    "differences": "differences",
     "label_map": "label_map_path", "train": "train_input_paths", "eval": "eval_input_paths",
     "freeze_batchnorm": "freeze_batchnorm",
 }
@@ -143,9 +138,12 @@ def _from_pipeline(pipeline: PipelineConfig | None) -> tuple[dict[str, Any], dic
     values, sources = {}, {}
     for ours, theirs in FROM_PIPELINE.items():
         value = getattr(pipeline, theirs)
-        if value not in (None, []):
+        if value not in (None, [], {}):
             values[ours] = value
             sources[ours] = f"pipeline.config:{pipeline.sources.get(theirs, theirs)}"
+    for name, path in pipeline.sources.items():
+        if name.startswith(("model_garden.", "layer_hyperparams.")):
+            sources[name] = f"pipeline.config:{path}"
     return values, sources
 
 
@@ -212,7 +210,8 @@ def from_args(argv: list[str], env: dict[str, str],
         raise ConfigError(f"image size {merged['image_size']} ({where}): must be a multiple "
                           "of 32")
     _schedule_fits(merged, sources)
-    merged["sources"] = {k: sources.get(k, "default") for k in merged if k != "sources"}
+    merged["sources"] = {**{k: sources.get(k, "default") for k in merged if k != "sources"},
+                         **{k: v for k, v in sources.items() if "." in k}}
     return TrainConfig(**merged)
 
 

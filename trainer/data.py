@@ -99,7 +99,8 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
         unmatched_threshold=params.parser.unmatched_threshold,
         aug_rand_hflip=params.parser.aug_rand_hflip,
         skip_crowd_during_training=params.parser.skip_crowd_during_training,
-        max_num_instances=params.parser.max_num_instances)
+        max_num_instances=params.parser.max_num_instances,
+        box_coder_weights=model.detection_generator.box_coder_weights)
     decoder = OdApiDecoder(name_to_id)
     names = tf.constant(list(name_to_id or {}) or [""], dtype=tf.string)
     max_id = model.num_classes - 1  # Model Garden counts the background as class 0

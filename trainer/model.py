@@ -3,6 +3,7 @@ global batch so that N workers with global batch B train exactly like one worker
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import tensorflow as tf
@@ -12,13 +13,58 @@ from trainer.config import TrainConfig
 
 
 class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
-    """RetinaNet whose losses are normalised by the positive anchors of the whole global batch.
+    """RetinaNet whose losses are normalised by the positive anchors of the whole global batch,
+    and whose backbone, FPN and head may each have their own conv hyper-parameters.
 
     Model Garden divides each replica's loss by that replica's positive anchors, so the gradient
     depends on how the global batch is split across replicas. Here each replica's loss is scaled
     by ``replicas * (local positives + 1) / (global positives + 1)``: after the strategy's
     ``loss / replicas`` and gradient sum, the update equals the single-replica one.
+
+    Model Garden has one ``norm_activation`` and one L2 weight for the whole network; an OD-API
+    config sets the FPN's and the head's separately (``layer_hyperparams``: part -> activation,
+    batch-norm momentum and epsilon, L2), and the backbone's only when it says so.
     """
+
+    def __init__(self, params: Any, layer_hyperparams: dict[str, dict[str, Any]] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        self.layer_hyperparams = dict(layer_hyperparams or {})
+
+    def _part(self, name: str) -> tuple[Any, Any]:
+        """(a model config whose norm_activation is this part's, its L2 regularizer)."""
+        import tf_keras
+
+        model = copy.deepcopy(self.task_config.model)
+        l2 = self.task_config.losses.l2_weight_decay
+        params = self.layer_hyperparams.get(name)
+        if params:
+            model.norm_activation.activation = params["activation"]
+            model.norm_activation.norm_momentum = params["norm_momentum"]
+            model.norm_activation.norm_epsilon = params["norm_epsilon"]
+            l2 = params["l2"]
+        # Model Garden's own convention: keras l2(decay / 2) is tf.nn.l2_loss times decay.
+        return model, tf_keras.regularizers.l2(l2 / 2.0) if l2 else None
+
+    def build_model(self) -> Any:
+        """Model Garden's RetinaNet, each part built with its own hyper-parameters."""
+        import tf_keras
+        from official.vision.modeling import backbones, decoders, factory
+
+        specs = tf_keras.layers.InputSpec(shape=[None, *self.task_config.model.input_size])
+        config, l2 = self._part("backbone")
+        backbone = backbones.factory.build_backbone(
+            input_specs=specs, backbone_config=config.backbone,
+            norm_activation_config=config.norm_activation, l2_regularizer=l2)
+        config, l2 = self._part("decoder")
+        decoder = decoders.factory.build_decoder(input_specs=backbone.output_specs,
+                                                 model_config=config, l2_regularizer=l2)
+        config, l2 = self._part("head")
+        model = factory.build_retinanet(input_specs=specs, model_config=config,
+                                        l2_regularizer=l2, backbone=backbone, decoder=decoder)
+        if self.task_config.freeze_backbone:
+            model.backbone.trainable = False
+        return model
 
     def build_losses(self, outputs: Any, labels: Any, aux_losses: Any = None) -> Any:
         total, cls_loss, box_loss, model_loss = super().build_losses(outputs, labels, aux_losses)
@@ -33,6 +79,13 @@ class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
         regularization = tf.reduce_sum(aux_losses) if aux_losses else 0.0
         total = self.task_config.losses.loss_weight * (model_loss + regularization)
         return total, cls_loss, box_loss, model_loss
+
+
+def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
+               sync_bn: bool = False) -> GlobalBatchRetinaNetTask:
+    """The task for this run: its config (``task_config``) and per-part hyper-parameters."""
+    return GlobalBatchRetinaNetTask(task_config(cfg, num_classes, train_glob, local_files,
+                                                sync_bn), layer_hyperparams=cfg.layer_hyperparams)
 
 
 def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
@@ -59,23 +112,14 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         model.min_level, model.max_level = 3, 5
         model.head.num_convs, model.head.num_filters = 1, 32
         model.anchor.num_scales, model.anchor.aspect_ratios = 1, [1.0]
-    # What a pipeline.config says (``trainer.pipeline_config``) wins over both.
-    structure = {"min_level": (model, "min_level"), "max_level": (model, "max_level"),
-                 "anchor_size": (model.anchor, "anchor_size"),
-                 "aspect_ratios": (model.anchor, "aspect_ratios"),
-                 "num_scales": (model.anchor, "num_scales"),
-                 "fpn_filters": (model.decoder.fpn, "num_filters"),
-                 "fpn_separable": (model.decoder.fpn, "use_separable_conv"),
-                 "head_filters": (model.head, "num_filters"),
-                 "head_convs": (model.head, "num_convs"),
-                 "head_separable": (model.head, "use_separable_conv"),
-                 "focal_alpha": (task.losses, "focal_loss_alpha"),
-                 "focal_gamma": (task.losses, "focal_loss_gamma")}
-    for name, (target, attribute) in structure.items():
-        value = getattr(cfg, name)
-        if value is not None:
-            setattr(target, attribute, value)
     task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
+    # What a pipeline.config says (``trainer.pipeline_config``) wins over both.
+    for path, value in cfg.model_garden.items():
+        *parents, name = path.split(".")
+        target = task
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
     task.init_checkpoint_modules = {"classification": "backbone",
                                     "detection": ["backbone", "decoder"],
                                     "full": "all"}[cfg.fine_tune_type]

@@ -1,126 +1,43 @@
-"""Read a TF Object Detection API ``pipeline.config``: honour what the trainer can do, refuse
+"""Read a TF Object Detection API ``pipeline.config``: honour every field the trainer can, refuse
 the rest in one line naming the field and what is supported instead.
 
-Real files are protobuf text format (``#`` comments, ``{`` and ``: {`` blocks, trailing commas or
-semicolons, single and double quotes, repeated fields). Rather than parse that by hand, protobuf's
-own ``text_format`` parses it against a minimal schema of the OD API's messages (field numbers
-are irrelevant to the text format).
+What the trainer builds is Model Garden RetinaNet: the OD API's ``ssd`` meta-architecture with an
+FPN feature extractor and a weight-shared box predictor. Each ``ssd`` field maps onto a Model
+Garden setting (``model_garden``: task-config path -> value) or onto the conv hyper-parameters of
+one part of the network (``layer_hyperparams``); a value Model Garden cannot express is refused.
+Unset fields take the OD API's proto defaults, as the OD API would. A field this module does not
+know is refused too (the strict second parse), so nothing in the file is silently ignored.
 
-What the trainer builds is Model Garden RetinaNet: the OD API's ``ssd`` meta-architecture with
-an FPN feature extractor and a weight-shared box predictor. So ``faster_rcnn`` and
-``center_net``, plain SSD and EfficientDet feature extractors, optimizers other than momentum,
-learning-rate schedules other than cosine and constant, ``keep_aspect_ratio_resizer``, sizes that
-are not square multiples of 32 and augmentations other than ``random_horizontal_flip`` are
-refused. FPN levels, anchors, FPN and head widths, depthwise convolutions and the focal loss's
-alpha and gamma are honoured; the box coder, matcher, localization loss and post-processing are
-Model Garden RetinaNet's own and are not read.
+Two things are reported, not honoured (``differences``; the launcher and the trainer's log print
+them): how freshly created layers are initialised (Model Garden's own initializers) and Model
+Garden's cap of 5000 candidate boxes per class before non-max suppression.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# message -> [(field, type, repeated)]; a type is a scalar name or another message.
-SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
-    "TrainEvalPipelineConfig": [("model", "DetectionModel", False),
-                                ("train_config", "TrainConfig", False),
-                                ("train_input_reader", "InputReader", False),
-                                ("eval_input_reader", "InputReader", True)],
-    "DetectionModel": [("ssd", "Meta", False), ("faster_rcnn", "Meta", False),
-                       ("center_net", "Meta", False)],
-    "Meta": [("num_classes", "int32", False), ("image_resizer", "ImageResizer", False),
-             ("freeze_batchnorm", "bool", False),
-             ("feature_extractor", "FeatureExtractor", False),
-             ("box_predictor", "BoxPredictor", False),
-             ("anchor_generator", "AnchorGenerator", False),
-             ("loss", "Loss", False)],
-    "FeatureExtractor": [("type", "string", False), ("use_depthwise", "bool", False),
-                         ("fpn", "Fpn", False)],
-    "Fpn": [("min_level", "int32", False), ("max_level", "int32", False),
-            ("additional_layer_depth", "int32", False)],
-    "BoxPredictor": [("weight_shared_convolutional_box_predictor", "WeightShared", False),
-                     ("convolutional_box_predictor", "Empty", False)],
-    "WeightShared": [("depth", "int32", False), ("num_layers_before_predictor", "int32", False),
-                     ("kernel_size", "int32", False), ("use_depthwise", "bool", False)],
-    "AnchorGenerator": [("multiscale_anchor_generator", "Multiscale", False),
-                        ("ssd_anchor_generator", "Empty", False),
-                        ("grid_anchor_generator", "Empty", False)],
-    "Multiscale": [("min_level", "int32", False), ("max_level", "int32", False),
-                   ("anchor_scale", "float", False), ("aspect_ratios", "float", True),
-                   ("scales_per_octave", "int32", False)],
-    "Loss": [("classification_loss", "ClassificationLoss", False)],
-    "ClassificationLoss": [("weighted_sigmoid_focal", "Focal", False),
-                           ("weighted_sigmoid", "Empty", False),
-                           ("weighted_softmax", "Empty", False),
-                           ("bootstrapped_sigmoid", "Empty", False)],
-    "Focal": [("alpha", "float", False), ("gamma", "float", False)],
-    "Empty": [],
-    "ImageResizer": [("fixed_shape_resizer", "FixedShape", False),
-                     ("keep_aspect_ratio_resizer", "KeepAspect", False)],
-    "FixedShape": [("height", "int32", False), ("width", "int32", False)],
-    "KeepAspect": [("min_dimension", "int32", False), ("max_dimension", "int32", False)],
-    "TrainConfig": [("batch_size", "int32", False), ("num_steps", "int32", False),
-                    ("fine_tune_checkpoint", "string", False),
-                    ("fine_tune_checkpoint_type", "string", False),
-                    ("optimizer", "Optimizer", False),
-                    ("data_augmentation_options", "Augmentation", True),
-                    ("gradient_clipping_by_norm", "float", False)],
-    "Augmentation": [("random_horizontal_flip", "Empty", False),
-                     ("random_crop_image", "Empty", False),
-                     ("random_scale_crop_and_pad_to_square", "Empty", False),
-                     ("ssd_random_crop", "Empty", False),
-                     ("random_adjust_brightness", "Empty", False),
-                     ("random_adjust_contrast", "Empty", False),
-                     ("random_adjust_hue", "Empty", False),
-                     ("random_adjust_saturation", "Empty", False),
-                     ("random_distort_color", "Empty", False),
-                     ("random_image_scale", "Empty", False),
-                     ("random_pad_image", "Empty", False),
-                     ("random_vertical_flip", "Empty", False),
-                     ("random_rotation90", "Empty", False),
-                     ("random_black_patches", "Empty", False),
-                     ("random_patch_gaussian", "Empty", False),
-                     ("random_jitter_boxes", "Empty", False),
-                     ("random_resize_method", "Empty", False),
-                     ("autoaugment_image", "Empty", False),
-                     ("drop_label_probabilistically", "Empty", False)],
-    "Optimizer": [("momentum_optimizer", "OptimizerParams", False),
-                  ("adam_optimizer", "OptimizerParams", False),
-                  ("rms_prop_optimizer", "OptimizerParams", False),
-                  ("use_moving_average", "bool", False)],
-    "OptimizerParams": [("learning_rate", "LearningRate", False),
-                        ("momentum_optimizer_value", "float", False)],
-    "LearningRate": [("constant_learning_rate", "Constant", False),
-                     ("exponential_decay_learning_rate", "Initial", False),
-                     ("manual_step_learning_rate", "Initial", False),
-                     ("cosine_decay_learning_rate", "Cosine", False)],
-    "Constant": [("learning_rate", "float", False)],
-    "Initial": [("initial_learning_rate", "float", False)],
-    "Cosine": [("learning_rate_base", "float", False), ("total_steps", "int64", False),
-               ("warmup_learning_rate", "float", False), ("warmup_steps", "int64", False)],
-    "InputReader": [("label_map_path", "string", False),
-                    ("tf_record_input_reader", "TfRecordInputReader", False)],
-    "TfRecordInputReader": [("input_path", "string", True)],
-}
-PACKAGE = "tf_finetune_od"
+from trainer.pipeline_schema import message_class
+
 # The OD API's TF2 "fine_tune" restores all but the class head, which is our "detection".
 FINE_TUNE_TYPES = {"classification": "classification", "detection": "detection",
                    "fine_tune": "detection", "full": "full"}
-
-
-class PipelineConfigError(ValueError):
-    """The file is not a readable pipeline.config."""
-
-
-# The RetinaNet structure a config can set, by its name in PipelineConfig and TrainConfig.
-STRUCTURE = ("min_level", "max_level", "anchor_size", "aspect_ratios", "num_scales",
-             "fpn_filters", "fpn_separable", "head_filters", "head_convs", "head_separable",
-             "focal_alpha", "focal_gamma")
 # OD API feature extractors that are an FPN over a backbone Model Garden RetinaNet offers.
 FEATURE_EXTRACTORS = {"ssd_resnet50_v1_fpn_keras": "resnet50",
                       "ssd_mobilenet_v2_fpn_keras": "mobilenetv2"}
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
+ACTIVATIONS = {"RELU": "relu", "RELU_6": "relu6", "SWISH": "swish"}
+# Model Garden's RetinaNet head: a class bias of -log((1 - 0.01) / 0.01), convolutions drawn
+# from N(0, 0.01).
+PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
+HEAD_INIT_STDDEV = 0.01
+
+
+class PipelineConfigError(ValueError):
+    """The file is not a readable pipeline.config, or asks for what the trainer cannot do."""
 
 
 @dataclass(frozen=True)
@@ -142,53 +59,49 @@ class PipelineConfig:
     momentum: float | None = None
     clip_norm: float | None = None  # 0: none (the OD API's default)
     horizontal_flip: bool | None = None  # None: the file has no data_augmentation_options
-    # RetinaNet structure (Model Garden's names): FPN levels and anchors, FPN and head widths
-    min_level: int | None = None
-    max_level: int | None = None
-    anchor_size: float | None = None
-    aspect_ratios: list[float] = field(default_factory=list)
-    num_scales: int | None = None
-    fpn_filters: int | None = None
-    fpn_separable: bool | None = None
-    head_filters: int | None = None
-    head_convs: int | None = None
-    head_separable: bool | None = None
-    focal_alpha: float | None = None
-    focal_gamma: float | None = None
     label_map_path: str | None = None
     freeze_batchnorm: bool | None = None
     train_input_paths: list[str] = field(default_factory=list)
     eval_input_paths: list[str] = field(default_factory=list)
-    # field path (as in the file) of each value above, for config.json and error lines
+    # Model Garden RetinaNet task-config path ("model.anchor.num_scales") -> value
+    model_garden: dict[str, Any] = field(default_factory=dict)
+    # "backbone" | "decoder" | "head" -> {activation, norm_momentum, norm_epsilon, l2}
+    layer_hyperparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what Model Garden does its own way, one line each (reported, see the module docstring)
+    differences: list[str] = field(default_factory=list)
+    # field path (as in the file) of each value above, keyed by its name here; model_garden and
+    # layer_hyperparams entries as "model_garden.<path>" and "layer_hyperparams.<part>"
     sources: dict[str, str] = field(default_factory=dict)
 
 
-def _message_class() -> Any:
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    fdp = descriptor_pb2.FileDescriptorProto(name=f"{PACKAGE}.proto", package=PACKAGE,
-                                             syntax="proto2")
-    scalar = descriptor_pb2.FieldDescriptorProto
-    types = {"int32": scalar.TYPE_INT32, "int64": scalar.TYPE_INT64,
-             "float": scalar.TYPE_FLOAT, "string": scalar.TYPE_STRING,
-             "bool": scalar.TYPE_BOOL}
-    for name, fields in SCHEMA.items():
-        message = fdp.message_type.add(name=name)
-        for number, (fname, ftype, repeated) in enumerate(fields, start=1):
-            label = scalar.LABEL_REPEATED if repeated else scalar.LABEL_OPTIONAL
-            if ftype in types:
-                message.field.add(name=fname, number=number, type=types[ftype], label=label)
-            else:
-                message.field.add(name=fname, number=number, type=scalar.TYPE_MESSAGE,
-                                  label=label, type_name=f".{PACKAGE}.{ftype}")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(f"{PACKAGE}.TrainEvalPipelineConfig"))
+Take = Callable[[str, Any, str], None]
+Refuse = Callable[[str, str], PipelineConfigError]
 
 
 def _opt(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
+
+
+def _enum(message: Any, name: str) -> str:
+    """An enum field's name, its proto default when unset."""
+    descriptor = message.DESCRIPTOR.fields_by_name[name]
+    return descriptor.enum_type.values_by_number[getattr(message, name)].name
+
+
+def _or(message: Any, name: str, default: Any) -> Any:
+    """A field's value as the file wrote it (floats as decimals), ``default`` when unset."""
+    value = _opt(message, name)
+    return default if value is None else (_float(value) if isinstance(value, float) else value)
+
+
+def _float(value: float | None) -> float | None:
+    """A float32 field as the decimal the file wrote (0.04, not 0.03999999910593033)."""
+    return None if value is None else float(f"{value:.7g}")
+
+
+def _chosen(message: Any) -> str | None:
+    """The name of the set field of a message used as a oneof."""
+    return next((f.name for f, _ in message.ListFields()), None)
 
 
 def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
@@ -196,35 +109,53 @@ def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
     field and what is supported instead when the trainer cannot honour it."""
     from google.protobuf import text_format
 
-    pipeline = _message_class()()
+    pipeline = message_class()()
     try:
         text_format.Parse(text, pipeline, allow_unknown_field=True)
     except text_format.ParseError as err:
         raise PipelineConfigError(f"{source}: {err}") from None
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"model_garden": {}, "layer_hyperparams": {}, "differences": []}
     sources: dict[str, str] = {}
 
     def take(name: str, value: Any, path: str) -> None:
-        if value is not None:
+        if value is None:
+            return
+        if "." in name:  # model_garden.<path> or layer_hyperparams.<part>
+            group, key = name.split(".", 1)
+            values[group][key] = value
+        else:
             values[name] = value
-            sources[name] = path
+        sources[name] = path
 
     def refuse(path: str, why: str) -> PipelineConfigError:
         return PipelineConfigError(f"{source}: {path}: {why}")
 
-    _model(pipeline.model, take, refuse)
+    _model(pipeline.model, take, refuse, values["differences"])
     _train(pipeline.train_config, take, refuse)
-    reader = pipeline.train_input_reader
-    take("label_map_path", _opt(reader, "label_map_path"), "train_input_reader.label_map_path")
-    paths = list(reader.tf_record_input_reader.input_path)
-    eval_paths = [p for r in pipeline.eval_input_reader
-                  for p in r.tf_record_input_reader.input_path]
-    if paths:
-        take("train_input_paths", paths, "train_input_reader.tf_record_input_reader.input_path")
-    if eval_paths:
-        take("eval_input_paths", eval_paths,
-             "eval_input_reader.tf_record_input_reader.input_path")
+    _inputs(pipeline, take, refuse)
+    if _opt(pipeline.train_config, "add_regularization_loss") is False:
+        for params in values["layer_hyperparams"].values():
+            params["l2"] = 0.0
+    _strict(text, source)
     return PipelineConfig(**values, sources=sources)
+
+
+def _strict(text: str, source: str) -> None:
+    """Parse again, refusing any field the schema does not hold: a field nobody reads would
+    otherwise be silently ignored."""
+    from google.protobuf import text_format
+
+    try:
+        text_format.Parse(text, message_class()())
+    except text_format.ParseError as err:
+        detail = str(err)
+        if "has no field named" not in detail:
+            raise PipelineConfigError(f"{source}: {detail}") from None
+        where, _, rest = detail.partition(" : ")
+        message = rest.split('"')[1].rsplit(".", 1)[-1]
+        name = rest.split('"')[3]
+        raise PipelineConfigError(f"{source}:{where}: {name} (in a {message} block) is not "
+                                  "read by this trainer: remove it") from None
 
 
 SUPPORTED_MODEL = ("ssd with feature_extractor "
@@ -232,7 +163,7 @@ SUPPORTED_MODEL = ("ssd with feature_extractor "
                    "predictor (RetinaNet)")
 
 
-def _model(model: Any, take: Any, refuse: Any) -> None:
+def _model(model: Any, take: Take, refuse: Refuse, differences: list[str]) -> None:
     for arch in ("faster_rcnn", "center_net"):
         if model.HasField(arch):
             raise refuse(f"model.{arch}", f"this trainer fine-tunes {SUPPORTED_MODEL}; it "
@@ -249,9 +180,18 @@ def _model(model: Any, take: Any, refuse: Any) -> None:
     if ssd.box_predictor.HasField("convolutional_box_predictor"):
         raise refuse(f"{prefix}.box_predictor.convolutional_box_predictor",
                      "supported: weight_shared_convolutional_box_predictor (RetinaNet)")
-    _structure(ssd, prefix, take, refuse)
     take("num_classes", _opt(ssd, "num_classes"), f"{prefix}.num_classes")
     take("freeze_batchnorm", _opt(ssd, "freeze_batchnorm"), f"{prefix}.freeze_batchnorm")
+    _resizer(ssd, prefix, take, refuse)
+    _feature_extractor(ssd, prefix, take, refuse, differences)
+    _anchors(ssd, prefix, take, refuse)
+    _head(ssd, prefix, take, refuse, differences)
+    _targets(ssd, prefix, take, refuse)
+    _losses(ssd, prefix, take, refuse)
+    _post_processing(ssd, prefix, take, refuse, differences)
+
+
+def _resizer(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
     resizer = ssd.image_resizer
     if resizer.HasField("keep_aspect_ratio_resizer"):
         raise refuse(f"{prefix}.image_resizer.keep_aspect_ratio_resizer",
@@ -266,61 +206,269 @@ def _model(model: Any, take: Any, refuse: Any) -> None:
         take("image_size", shape.height, path)
 
 
-def _structure(ssd: Any, prefix: str, take: Any, refuse: Any) -> None:
-    """FPN levels and anchors, FPN and head widths, focal loss: Model Garden's RetinaNet has a
-    field for each, so they are honoured (box coder, matcher and localization loss are its own)."""
+def _hyperparams(params: Any, path: str, refuse: Refuse) -> dict[str, Any]:
+    """OD ``conv_hyperparams`` as Model Garden's norm/activation settings and L2 weight. The OD
+    API's Keras L2 is ``0.5 * weight * sum(w^2)``, Model Garden's ``l2_weight_decay / 2 *
+    sum(w^2)``: the same number."""
+    activation = _enum(params, "activation")
+    if activation not in ACTIVATIONS:
+        raise refuse(f"{path}.activation", f"{activation}: supported: {', '.join(ACTIVATIONS)}")
+    if params.regularizer.HasField("l1_regularizer"):
+        raise refuse(f"{path}.regularizer.l1_regularizer", "supported: l2_regularizer")
+    l2 = _float(params.regularizer.l2_regularizer.weight) or 0.0
+    if not params.HasField("batch_norm"):
+        raise refuse(f"{path}.batch_norm", "required: Model Garden's RetinaNet layers always "
+                     "use batch norm")
+    norm = params.batch_norm
+    for flag in ("scale", "center"):
+        if not getattr(norm, flag) and not (flag == "center" and not norm.HasField("center")):
+            raise refuse(f"{path}.batch_norm.{flag}", f"{str(getattr(norm, flag)).lower()}: "
+                         "supported: true (Model Garden's batch norm scales and centres)")
+    if norm.HasField("train") and not norm.train:
+        raise refuse(f"{path}.batch_norm.train", "false: use model.ssd.freeze_batchnorm "
+                     "(or the spec's training.freezeBatchnorm) instead")
+    # proto defaults: decay 0.999, epsilon 0.001
+    return {"activation": ACTIVATIONS[activation], "norm_momentum": _or(norm, "decay", 0.999),
+            "norm_epsilon": _or(norm, "epsilon", 0.001), "l2": l2}
+
+
+def _initializer(params: Any) -> str | None:
+    chosen = _chosen(params.initializer)
+    if chosen in ("truncated_normal_initializer", "random_normal_initializer"):
+        normal = getattr(params.initializer, chosen)
+        return f"{chosen}(mean {_or(normal, 'mean', 0.0)}, stddev {_or(normal, 'stddev', 1.0)})"
+    return chosen
+
+
+def _feature_extractor(ssd: Any, prefix: str, take: Take, refuse: Refuse,
+                       differences: list[str]) -> None:
     extractor = ssd.feature_extractor
     path = f"{prefix}.feature_extractor"
-    take("fpn_separable", _opt(extractor, "use_depthwise"), f"{path}.use_depthwise")
+    if _opt(extractor, "depth_multiplier") not in (None, 1.0):
+        raise refuse(f"{path}.depth_multiplier", f"{_float(extractor.depth_multiplier)}: "
+                     "supported: 1.0")
+    if _opt(extractor, "pad_to_multiple") not in (None, 1):
+        raise refuse(f"{path}.pad_to_multiple", f"{extractor.pad_to_multiple}: supported: 1 "
+                     "(the image size is already a multiple of 32)")
+    take("model_garden.model.decoder.fpn.use_separable_conv", _opt(extractor, "use_depthwise"),
+         f"{path}.use_depthwise")
     if extractor.HasField("fpn"):
-        take("fpn_filters", _opt(extractor.fpn, "additional_layer_depth"),
-             f"{path}.fpn.additional_layer_depth")
+        take("model_garden.model.decoder.fpn.num_filters",
+             _opt(extractor.fpn, "additional_layer_depth"), f"{path}.fpn.additional_layer_depth")
+    if extractor.HasField("conv_hyperparams"):
+        where = f"{path}.conv_hyperparams"
+        params = _hyperparams(extractor.conv_hyperparams, where, refuse)
+        take("layer_hyperparams.decoder", params, where)
+        # As in the OD API, the extractor's hyper-parameters reach into the backbone only when
+        # asked to; otherwise the backbone keeps its own definition (Model Garden's).
+        if _opt(extractor, "override_base_feature_extractor_hyperparams"):
+            take("layer_hyperparams.backbone", params,
+                 f"{path}.override_base_feature_extractor_hyperparams")
+        init = _initializer(extractor.conv_hyperparams)
+        if init:
+            differences.append(f"{where}.initializer {init}: layers created new (not restored "
+                               "from the checkpoint) start from Model Garden's FPN initializer "
+                               "(variance scaling)")
+
+
+def _anchors(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
     generator = ssd.anchor_generator
     for other in ("ssd_anchor_generator", "grid_anchor_generator"):
         if generator.HasField(other):
             raise refuse(f"{prefix}.anchor_generator.{other}",
                          "supported: multiscale_anchor_generator (RetinaNet)")
-    if generator.HasField("multiscale_anchor_generator"):
-        anchors = generator.multiscale_anchor_generator
-        path = f"{prefix}.anchor_generator.multiscale_anchor_generator"
-        levels = (_opt(anchors, "min_level"), _opt(anchors, "max_level"))
-        fpn = extractor.fpn if extractor.HasField("fpn") else None
-        fpn_levels = (_opt(fpn, "min_level"), _opt(fpn, "max_level")) if fpn else levels
-        if fpn_levels != levels:
-            raise refuse(f"{path}.min_level/max_level", f"{levels} differ from the FPN's "
-                         f"{fpn_levels}; supported: the same levels for both")
-        take("min_level", levels[0], f"{path}.min_level")
-        take("max_level", levels[1], f"{path}.max_level")
-        take("anchor_size", _float(_opt(anchors, "anchor_scale")), f"{path}.anchor_scale")
-        if anchors.aspect_ratios:
-            take("aspect_ratios", [_float(r) for r in anchors.aspect_ratios],
-                 f"{path}.aspect_ratios")
-        take("num_scales", _opt(anchors, "scales_per_octave"), f"{path}.scales_per_octave")
-    if ssd.box_predictor.HasField("weight_shared_convolutional_box_predictor"):
-        head = ssd.box_predictor.weight_shared_convolutional_box_predictor
-        path = f"{prefix}.box_predictor.weight_shared_convolutional_box_predictor"
-        if _opt(head, "kernel_size") not in (None, 3):
-            raise refuse(f"{path}.kernel_size", f"{head.kernel_size}: supported: 3")
-        take("head_filters", _opt(head, "depth"), f"{path}.depth")
-        take("head_convs", _opt(head, "num_layers_before_predictor"),
-             f"{path}.num_layers_before_predictor")
-        take("head_separable", _opt(head, "use_depthwise"), f"{path}.use_depthwise")
-    loss = ssd.loss.classification_loss
-    path = f"{prefix}.loss.classification_loss"
-    for other in ("weighted_sigmoid", "weighted_softmax", "bootstrapped_sigmoid"):
-        if loss.HasField(other):
-            raise refuse(f"{path}.{other}", "supported: weighted_sigmoid_focal (RetinaNet)")
-    if loss.HasField("weighted_sigmoid_focal"):
-        focal = loss.weighted_sigmoid_focal
-        take("focal_alpha", _float(_opt(focal, "alpha")), f"{path}.weighted_sigmoid_focal.alpha")
-        take("focal_gamma", _float(_opt(focal, "gamma")), f"{path}.weighted_sigmoid_focal.gamma")
+    if not generator.HasField("multiscale_anchor_generator"):
+        return
+    anchors = generator.multiscale_anchor_generator
+    path = f"{prefix}.anchor_generator.multiscale_anchor_generator"
+    if _opt(anchors, "normalize_coordinates") is False:
+        raise refuse(f"{path}.normalize_coordinates", "false: supported: true")
+    levels = (_opt(anchors, "min_level"), _opt(anchors, "max_level"))
+    fpn = ssd.feature_extractor.fpn if ssd.feature_extractor.HasField("fpn") else None
+    fpn_levels = (_opt(fpn, "min_level"), _opt(fpn, "max_level")) if fpn else levels
+    if fpn_levels != levels:
+        raise refuse(f"{path}.min_level/max_level", f"{levels} differ from the FPN's "
+                     f"{fpn_levels}; supported: the same levels for both")
+    mg = "model_garden.model"
+    take(f"{mg}.min_level", levels[0], f"{path}.min_level")
+    take(f"{mg}.max_level", levels[1], f"{path}.max_level")
+    take(f"{mg}.anchor.anchor_size", _float(_opt(anchors, "anchor_scale")),
+         f"{path}.anchor_scale")
+    if anchors.aspect_ratios:
+        take(f"{mg}.anchor.aspect_ratios", [_float(r) for r in anchors.aspect_ratios],
+             f"{path}.aspect_ratios")
+    take(f"{mg}.anchor.num_scales", _opt(anchors, "scales_per_octave"),
+         f"{path}.scales_per_octave")
 
 
-def _train(train: Any, take: Any, refuse: Any) -> None:
+def _head(ssd: Any, prefix: str, take: Take, refuse: Refuse, differences: list[str]) -> None:
+    if not ssd.box_predictor.HasField("weight_shared_convolutional_box_predictor"):
+        return
+    head = ssd.box_predictor.weight_shared_convolutional_box_predictor
+    path = f"{prefix}.box_predictor.weight_shared_convolutional_box_predictor"
+    if _opt(head, "kernel_size") not in (None, 3):
+        raise refuse(f"{path}.kernel_size", f"{head.kernel_size}: supported: 3")
+    if _opt(head, "share_prediction_tower"):
+        raise refuse(f"{path}.share_prediction_tower", "true: supported: false (Model Garden's "
+                     "RetinaNet head has separate class and box towers)")
+    if _opt(head, "apply_batch_norm") is False:
+        raise refuse(f"{path}.apply_batch_norm", "false: supported: true")
+    if _opt(head, "use_dropout"):
+        raise refuse(f"{path}.use_dropout", "true: supported: false")
+    bias = _opt(head, "class_prediction_bias_init")
+    if bias is not None and abs(bias - PRIOR_BIAS) > 0.01:
+        raise refuse(f"{path}.class_prediction_bias_init", f"{_float(bias)}: supported: -4.6 "
+                     "(Model Garden's prior of 0.01)")
+    mg = "model_garden.model.head"
+    take(f"{mg}.num_filters", _opt(head, "depth"), f"{path}.depth")
+    take(f"{mg}.num_convs", _opt(head, "num_layers_before_predictor"),
+         f"{path}.num_layers_before_predictor")
+    take(f"{mg}.use_separable_conv", _opt(head, "use_depthwise"), f"{path}.use_depthwise")
+    if head.HasField("conv_hyperparams"):
+        where = f"{path}.conv_hyperparams"
+        take("layer_hyperparams.head", _hyperparams(head.conv_hyperparams, where, refuse), where)
+        init = _initializer(head.conv_hyperparams)
+        expected = f"random_normal_initializer(mean 0.0, stddev {HEAD_INIT_STDDEV})"
+        if init and init != expected:
+            differences.append(f"{where}.initializer {init}: new head layers start from Model "
+                               f"Garden's {expected} (box predictor: stddev 1e-5)")
+
+
+def _targets(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
+    """Box coder, matcher, similarity: how ground truth becomes per-anchor targets."""
+    coder = ssd.box_coder
+    chosen = _chosen(coder)
+    if chosen not in (None, "faster_rcnn_box_coder"):
+        raise refuse(f"{prefix}.box_coder.{chosen}", "supported: faster_rcnn_box_coder")
+    if chosen:
+        scales = coder.faster_rcnn_box_coder  # proto defaults: 10, 10, 5, 5
+        weights = [_or(scales, name, default) for name, default in
+                   (("y_scale", 10.0), ("x_scale", 10.0), ("height_scale", 5.0),
+                    ("width_scale", 5.0))]
+        take("model_garden.model.detection_generator.box_coder_weights", weights,
+             f"{prefix}.box_coder.faster_rcnn_box_coder")
+    chosen = _chosen(ssd.similarity_calculator)
+    if chosen not in (None, "iou_similarity"):
+        raise refuse(f"{prefix}.similarity_calculator.{chosen}", "supported: iou_similarity")
+    chosen = _chosen(ssd.matcher)
+    if chosen not in (None, "argmax_matcher"):
+        raise refuse(f"{prefix}.matcher.{chosen}", "supported: argmax_matcher")
+    if not chosen:
+        return
+    matcher = ssd.matcher.argmax_matcher
+    path = f"{prefix}.matcher.argmax_matcher"
+    # Model Garden's matcher: negatives below unmatched_threshold, ignored between, every
+    # ground-truth box matched to its best anchor.
+    for name, supported in (("ignore_thresholds", False),
+                            ("negatives_lower_than_unmatched", True),
+                            ("force_match_for_each_row", True)):
+        value = getattr(matcher, name)  # proto defaults: false, true, false
+        if value != supported:
+            raise refuse(f"{path}.{name}", f"{str(value).lower()}: supported: "
+                         f"{str(supported).lower()}")
+    matched = _or(matcher, "matched_threshold", 0.5)  # proto defaults: 0.5, 0.5
+    unmatched = _or(matcher, "unmatched_threshold", 0.5)
+    for split in ("train_data", "validation_data"):
+        take(f"model_garden.{split}.parser.match_threshold", matched,
+             f"{path}.matched_threshold")
+        take(f"model_garden.{split}.parser.unmatched_threshold", unmatched,
+             f"{path}.unmatched_threshold")
+
+
+def _losses(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
+    """The OD API's loss: ``classification_weight * focal / matches + localization_weight *
+    smooth_l1(delta) / matches / 4``; Model Garden's: ``focal / (positives + 1) +
+    box_loss_weight * huber(delta) / (positives + 1)``, its Huber averaging the four
+    coordinates. With the same box coder the two agree, up to the +1."""
+    if not _opt(ssd, "encode_background_as_zeros"):
+        raise refuse(f"{prefix}.encode_background_as_zeros", "false (the OD API's default): "
+                     "supported: true (RetinaNet's per-class sigmoid)")
+    if not _opt(ssd, "normalize_loss_by_num_matches"):
+        raise refuse(f"{prefix}.normalize_loss_by_num_matches", "false (the OD API's "
+                     "default): supported: true (losses divided by the matched anchors)")
+    loss = ssd.loss
+    path = f"{prefix}.loss"
+    if loss.HasField("hard_example_miner"):
+        raise refuse(f"{path}.hard_example_miner", "not supported (the focal loss weighs "
+                     "hard examples already); remove it")
+    chosen = _chosen(loss.classification_loss)
+    if chosen not in (None, "weighted_sigmoid_focal"):
+        raise refuse(f"{path}.classification_loss.{chosen}",
+                     "supported: weighted_sigmoid_focal (RetinaNet)")
+    if chosen:
+        focal = loss.classification_loss.weighted_sigmoid_focal
+        where = f"{path}.classification_loss.weighted_sigmoid_focal"
+        if not focal.HasField("alpha"):
+            raise refuse(f"{where}.alpha", "unset (no class weighting): supported: a value "
+                         "between 0 and 1, e.g. 0.25")
+        take("model_garden.losses.focal_loss_alpha", _float(_opt(focal, "alpha")),
+             f"{where}.alpha")
+        take("model_garden.losses.focal_loss_gamma", _or(focal, "gamma", 2.0),
+             f"{where}.gamma")
+    weight = _opt(loss, "classification_weight")
+    if weight is not None and weight != 1.0:
+        raise refuse(f"{path}.classification_weight", f"{_float(weight)}: supported: 1.0 "
+                     "(scale localization_weight instead)")
+    chosen = _chosen(loss.localization_loss)
+    if chosen not in (None, "weighted_smooth_l1"):
+        raise refuse(f"{path}.localization_loss.{chosen}", "supported: weighted_smooth_l1")
+    if chosen:
+        where = f"{path}.localization_loss.weighted_smooth_l1"
+        delta = _or(loss.localization_loss.weighted_smooth_l1, "delta", 1.0)
+        take("model_garden.losses.huber_loss_delta", delta, f"{where}.delta")
+        box_weight = _or(loss, "localization_weight", 1.0)
+        # Model Garden's Huber averages over the 4 coordinates, which is the OD API's
+        # normalize_loc_loss_by_codesize: without it, the OD loss is 4 times larger.
+        if not _opt(ssd, "normalize_loc_loss_by_codesize"):
+            box_weight *= 4
+        take("model_garden.losses.box_loss_weight", box_weight,
+             f"{path}.localization_weight, {prefix}.normalize_loc_loss_by_codesize")
+
+
+def _post_processing(ssd: Any, prefix: str, take: Take, refuse: Refuse,
+                     differences: list[str]) -> None:
+    if not ssd.HasField("post_processing"):
+        return
+    post = ssd.post_processing
+    path = f"{prefix}.post_processing"
+    converter = _enum(post, "score_converter")
+    if converter != "SIGMOID":
+        raise refuse(f"{path}.score_converter", f"{converter}: supported: SIGMOID")
+    if _opt(post, "logit_scale") not in (None, 1.0):
+        raise refuse(f"{path}.logit_scale", f"{_float(post.logit_scale)}: supported: 1.0")
+    if not post.HasField("batch_non_max_suppression"):
+        return
+    nms = post.batch_non_max_suppression
+    where = f"{path}.batch_non_max_suppression"
+    if _opt(nms, "soft_nms_sigma"):
+        raise refuse(f"{where}.soft_nms_sigma", "soft NMS is not supported: remove it")
+    if _opt(nms, "use_class_agnostic_nms"):
+        raise refuse(f"{where}.use_class_agnostic_nms", "true: supported: false")
+    total = _or(nms, "max_total_detections", 100)
+    per_class = _or(nms, "max_detections_per_class", 100)
+    if per_class < total:
+        raise refuse(f"{where}.max_detections_per_class", f"{per_class} is below "
+                     f"max_total_detections {total}: supported: at least max_total_detections "
+                     "(Model Garden keeps up to max_total_detections per class)")
+    mg = "model_garden.model.detection_generator"
+    take(f"{mg}.pre_nms_score_threshold", _or(nms, "score_threshold", 0.0),
+         f"{where}.score_threshold")
+    take(f"{mg}.nms_iou_threshold", _or(nms, "iou_threshold", 0.6),
+         f"{where}.iou_threshold")
+    take(f"{mg}.max_num_detections", total, f"{where}.max_total_detections")
+    differences.append(f"{where}: Model Garden keeps the 5000 best-scoring boxes per class "
+                       "before non-max suppression")
+
+
+def _train(train: Any, take: Take, refuse: Refuse) -> None:
     take("batch_size", _opt(train, "batch_size"), "train_config.batch_size")
     take("num_steps", _opt(train, "num_steps"), "train_config.num_steps")
     take("fine_tune_checkpoint", _opt(train, "fine_tune_checkpoint"),
          "train_config.fine_tune_checkpoint")
+    if _enum(train, "fine_tune_checkpoint_version") == "V1" and train.HasField(
+            "fine_tune_checkpoint_version"):
+        raise refuse("train_config.fine_tune_checkpoint_version", "V1 (a TF1 checkpoint): "
+                     "supported: V2")
     ft_type = _opt(train, "fine_tune_checkpoint_type")
     if ft_type is not None and ft_type not in FINE_TUNE_TYPES:
         raise refuse("train_config.fine_tune_checkpoint_type",
@@ -329,7 +477,7 @@ def _train(train: Any, take: Any, refuse: Any) -> None:
          "train_config.fine_tune_checkpoint_type")
     flip = False
     for option in train.data_augmentation_options:
-        chosen = next((f.name for f, _ in option.ListFields()), None)
+        chosen = _chosen(option)
         if chosen == "random_horizontal_flip":
             flip = True
         elif chosen is not None:
@@ -339,10 +487,15 @@ def _train(train: Any, take: Any, refuse: Any) -> None:
         take("horizontal_flip", flip, "train_config.data_augmentation_options")
     take("clip_norm", _float(_opt(train, "gradient_clipping_by_norm")) or 0.0,
          "train_config.gradient_clipping_by_norm")
+    for split in ("train_data", "validation_data"):
+        take(f"model_garden.{split}.parser.max_num_instances",
+             _opt(train, "max_number_of_boxes"), "train_config.max_number_of_boxes")
+    if _opt(train, "add_regularization_loss") is False:
+        take("model_garden.losses.l2_weight_decay", 0.0, "train_config.add_regularization_loss")
     _optimizer(train.optimizer, take, refuse)
 
 
-def _optimizer(optimizer: Any, take: Any, refuse: Any) -> None:
+def _optimizer(optimizer: Any, take: Take, refuse: Refuse) -> None:
     base = "train_config.optimizer"
     for name in ("adam_optimizer", "rms_prop_optimizer"):
         if optimizer.HasField(name):
@@ -364,6 +517,8 @@ def _optimizer(optimizer: Any, take: Any, refuse: Any) -> None:
     if rate.HasField("cosine_decay_learning_rate"):
         cosine = rate.cosine_decay_learning_rate
         path += ".cosine_decay_learning_rate"
+        if _opt(cosine, "hold_base_rate_steps"):
+            raise refuse(f"{path}.hold_base_rate_steps", "not supported: remove it")
         take("lr_schedule", "cosine", path)
         take("learning_rate", _float(_opt(cosine, "learning_rate_base")),
              f"{path}.learning_rate_base")
@@ -378,6 +533,28 @@ def _optimizer(optimizer: Any, take: Any, refuse: Any) -> None:
              f"{path}.learning_rate")
 
 
-def _float(value: float | None) -> float | None:
-    """A float32 field as the decimal the file wrote (0.04, not 0.03999999910593033)."""
-    return None if value is None else float(f"{value:.7g}")
+def _inputs(pipeline: Any, take: Take, refuse: Refuse) -> None:
+    reader = pipeline.train_input_reader
+    take("label_map_path", _opt(reader, "label_map_path"), "train_input_reader.label_map_path")
+    if _opt(reader, "num_epochs"):
+        raise refuse("train_input_reader.num_epochs", f"{reader.num_epochs}: supported: 0 "
+                     "(the run's steps decide how long it trains)")
+    if _opt(reader, "shuffle") is False:
+        raise refuse("train_input_reader.shuffle", "false: use the spec's "
+                     "training.deterministicInput for a fixed order")
+    paths = list(reader.tf_record_input_reader.input_path)
+    if paths:
+        take("train_input_paths", paths, "train_input_reader.tf_record_input_reader.input_path")
+    eval_paths = [p for r in pipeline.eval_input_reader
+                  for p in r.tf_record_input_reader.input_path]
+    if any(_opt(r, "num_epochs") not in (None, 1) for r in pipeline.eval_input_reader):
+        raise refuse("eval_input_reader.num_epochs", "supported: 1 (every eval record once)")
+    if eval_paths:
+        take("eval_input_paths", eval_paths,
+             "eval_input_reader.tf_record_input_reader.input_path")
+    metrics = [m for m in pipeline.eval_config.metrics_set if m != "coco_detection_metrics"]
+    if metrics:
+        raise refuse("eval_config.metrics_set", f"{metrics[0]!r}: supported: "
+                     "coco_detection_metrics")
+    if _opt(pipeline.eval_config, "use_moving_averages"):
+        raise refuse("eval_config.use_moving_averages", "true: supported: false")

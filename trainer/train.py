@@ -25,7 +25,7 @@ from launcher.errors import first_line
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
-from trainer.model import GlobalBatchRetinaNetTask, task_config
+from trainer.model import build_task
 from trainer.storage import Storage, StorageError, is_gcs, join
 
 log = logging.getLogger("trainer")
@@ -237,10 +237,8 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
     mixed = bool(gpus) and cfg.mixed_precision is not False
     if mixed:
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
-    task = GlobalBatchRetinaNetTask(task_config(cfg, num_classes,
-                                                ",".join(str(p) for p in staged.train_files),
-                                                local_files=len(staged.train_files),
-                                                sync_bn=True))
+    task = build_task(cfg, num_classes, ",".join(str(p) for p in staged.train_files),
+                      local_files=len(staged.train_files), sync_bn=True)
     with strategy.scope():
         model = task.build_model()
         model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
@@ -393,6 +391,8 @@ def _record_config(cfg: TrainConfig, storage: Storage) -> None:
 
     storage.write_text(join(cfg.run_dir, contract.RUN_TRAINER_CONFIG),
                        json.dumps(asdict(cfg), indent=2) + "\n")
+    for line in cfg.differences:
+        log.warning("pipeline.config %s", line)
     if cfg.pipeline_config:
         storage.write_text(join(cfg.run_dir, contract.RUN_PIPELINE_CONFIG),
                            storage.read_text(cfg.pipeline_config))
@@ -430,7 +430,7 @@ def finish(run: Run, staged: Staged) -> None:
     if run.cfg.export:
         from trainer.export import export_saved_model
 
-        local = export_saved_model(run.task.task_config, run.manager.latest_checkpoint,
+        local = export_saved_model(run.task, run.manager.latest_checkpoint,
                                    run.scratch / "export")
         run.storage.upload_tree(local, join(run.cfg.run_dir, contract.RUN_EXPORT))
         log.info("exported SavedModel to %s", join(run.cfg.run_dir, contract.RUN_EXPORT))

@@ -1,40 +1,55 @@
-"""A pipeline.config's RetinaNet structure reaches the model Model Garden builds: the FPN-lite
-config (MobileNetV2, 128-channel depthwise FPN and head, 2 scales per octave, focal gamma 2)
-builds that network, not Model Garden's defaults."""
+"""A pipeline.config reaches the model Model Garden builds: the FPN-lite config (MobileNetV2,
+128-channel depthwise FPN and head, 2 scales per octave, focal gamma 2, ReLU6 and batch-norm
+decay 0.997 everywhere, L2 4e-4, the 10/10/5/5 box coder) builds that network and those targets,
+not Model Garden's defaults; the ResNet config keeps the backbone's own definition unless it
+asks to override it."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.unit.test_pipeline_rules import fpnlite
+from tests.unit.test_pipeline_rules import fpnlite, retinanet
 from trainer.config import from_args
 
 pytestmark = pytest.mark.integration
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
-def test_fpnlite_config_builds_a_depthwise_128_channel_retinanet(tmp_path: Path) -> None:
-    import tensorflow as tf
-    import tf_keras
-
-    from trainer.model import GlobalBatchRetinaNetTask, task_config
+def _task(text: str, tmp_path: Path, size: int):
+    from trainer.model import build_task
 
     config = tmp_path / "pipeline.config"
-    config.write_text(fpnlite())
+    config.write_text(text)
     cfg = from_args(["--run-dir", "/r", "--pipeline-config", str(config), "--checkpoint", "/c",
                      "--label-map", "/lm", "--train", "/t", "--eval", "/e"], {},
                     lambda uri: Path(uri).read_text())
-    task = GlobalBatchRetinaNetTask(task_config(cfg, 91, "/t"))
+    assert cfg.image_size == size
+    return build_task(cfg, 91, "/t")
+
+
+def _norms(layer):
+    import tf_keras
+
+    return {(sub.momentum, sub.epsilon) for sub in layer.submodules
+            if isinstance(sub, tf_keras.layers.BatchNormalization)}
+
+
+def test_fpnlite_config_builds_that_network(tmp_path: Path) -> None:
+    import tensorflow as tf
+    import tf_keras
+
+    task = _task(fpnlite(share_tower=False), tmp_path, 320)
     model_config = task.task_config.model
     assert model_config.backbone.mobilenet.model_id == "MobileNetV2"
     assert (model_config.decoder.fpn.num_filters, model_config.decoder.fpn.use_separable_conv,
             model_config.head.num_filters, model_config.head.use_separable_conv,
-            model_config.anchor.num_scales, model_config.input_size[0]) == (128, True, 128, True,
-                                                                            2, 320)
-    assert task.task_config.losses.focal_loss_gamma == 2.0
+            model_config.anchor.num_scales) == (128, True, 128, True, 2)
+    assert (task.task_config.losses.focal_loss_gamma, task.task_config.losses.huber_loss_delta,
+            task.task_config.losses.box_loss_weight) == (2.0, 1.0, 1.0)
     model = task.build_model()
     outputs = model(tf.zeros([1, 320, 320, 3]), training=False)
     separable = [layer for layer in model.submodules
@@ -42,3 +57,60 @@ def test_fpnlite_config_builds_a_depthwise_128_channel_retinanet(tmp_path: Path)
     assert separable, "the FPN and head should use depthwise-separable convolutions"
     # 2 scales x 3 aspect ratios per location, 91 classes, at the first level (stride 8).
     assert outputs["cls_outputs"]["3"].shape == (1, 40, 40, 6 * 91)
+    # The config's batch norm in every part (override_base_feature_extractor_hyperparams),
+    # ReLU6 in the FPN and head, and its L2 weight as Model Garden's regularisation losses.
+    for part in (model.backbone, model.decoder, model.head):
+        assert _norms(part) == {(0.997, 0.001)}, part.name
+    assert model.head.get_config()["activation"] == "relu6"
+    assert model.decoder.get_config()["activation"] == "relu6"
+    assert model.losses, "the config's L2 weight should add regularisation losses"
+
+
+def test_resnet_backbone_keeps_its_own_definition_without_override(tmp_path: Path) -> None:
+    text = retinanet(size="256").replace("override_base_feature_extractor_hyperparams: true", "")
+    task = _task(text, tmp_path, 256)
+    model = task.build_model()
+    assert _norms(model.backbone) == {(0.99, 0.001)}  # Model Garden's ResNet-50
+    assert model.backbone.get_config()["activation"] == "relu"
+    assert _norms(model.decoder) == _norms(model.head) == {(0.997, 0.001)}
+
+
+def _box_targets(path: Path, box_coder_weights: list[float] | None) -> Any:
+    """Box targets of the first level for the one record in ``path``, through the trainer's
+    own input pipeline (``trainer.data``)."""
+    import tensorflow as tf
+
+    from trainer.config import TrainConfig
+    from trainer.data import build_dataset
+    from trainer.model import build_task
+
+    mg = {} if box_coder_weights is None else {
+        "model.detection_generator.box_coder_weights": box_coder_weights}
+    cfg = TrainConfig(run_dir=str(path.parent), train=[str(path)], model_size="tiny",
+                      image_size=64, model_garden=mg)
+    task = build_task(cfg, 5, str(path))
+    params = task.task_config.validation_data
+    params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
+    params.dtype = "float32"
+    _, labels = next(iter(build_dataset(task, params, None)))
+    return tf.reshape(labels["box_targets"]["3"], [-1, 4])
+
+
+def test_box_coder_weights_reach_the_targets(tmp_path: Path) -> None:
+    """The trainer's pipeline encodes box targets with the config's 10/10/5/5 scales, as the
+    OD API does: centre targets 10x and size targets 5x Model Garden's unscaled ones."""
+    import numpy as np
+    import tensorflow as tf
+
+    from trainer import synthetic
+
+    path = tmp_path / "one.tfrecord"
+    pixels, boxes = synthetic.make_image(np.random.default_rng(0), 64, [1])
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(synthetic.tf_example(pixels, boxes, "1"))
+    weights = [10.0, 10.0, 5.0, 5.0]
+    plain, scaled = _box_targets(path, None), _box_targets(path, weights)
+    matched = tf.reduce_any(tf.not_equal(plain, 0.0), axis=1)
+    plain, scaled = tf.boolean_mask(plain, matched), tf.boolean_mask(scaled, matched)
+    assert plain.shape[0] > 0
+    assert tf.reduce_max(tf.abs(scaled - plain * tf.constant(weights))).numpy() < 1e-3

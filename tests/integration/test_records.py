@@ -67,8 +67,8 @@ def _write(path: Path, serialized: list[bytes], compress: bool = False) -> Path:
     return path
 
 
-def _pipeline_count(path: Path, compression: str = "",
-                    undecodable: set[str] | None = None) -> int:
+def _pipeline_count(path: Path, compression: str = "", undecodable: set[str] | None = None,
+                    names: dict[str, int] | None = NAMES) -> int:
     from official.vision.tasks import retinanet
 
     from trainer.config import TrainConfig
@@ -81,7 +81,7 @@ def _pipeline_count(path: Path, compression: str = "",
     params = task.task_config.validation_data
     params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
     params.dtype = "float32"
-    return sum(1 for _ in build_dataset(task, params, NAMES, compression=compression,
+    return sum(1 for _ in build_dataset(task, params, names, compression=compression,
                                         undecodable=undecodable))
 
 
@@ -139,3 +139,18 @@ def test_unreadable_files_are_named(tmp_path: Path, damage: str) -> None:
         else "b.tfrecord: not a readable TFRecord file"
     with pytest.raises(records.RecordsError, match=expected):
         records.scan([good, bad], NAMES, 3)
+
+
+def test_text_only_records_without_a_label_map_end_in_one_line(tmp_path: Path) -> None:
+    """Records that name classes only by text (``class/text``), run with ``--num-classes`` and
+    no label map: nothing maps a name to an id, so nothing is usable; one line, no hang."""
+    from trainer import records
+
+    path = _write(tmp_path / "texts.tfrecord", [_example([OK], None, ["red"])] * 4)
+    report = records.scan([path], None, max_id=3)
+    assert report.usable == 0 and dict(report.files[0].skipped) == {"unknown_text": 4}
+    with pytest.raises(records.RecordsError) as err:
+        records.check(report, 0.5, "worker 0")
+    line = str(err.value)
+    assert "no usable example in texts.tfrecord: 0 of 4" in line and "\n" not in line
+    assert _pipeline_count(path, names=None) == 0

@@ -45,6 +45,9 @@ def test_a_zoo_config_with_its_paths_filled_in_validates(tmp_path: Path) -> None
     # (no data.train and no model.checkpoint in the spec: both come from the config)
     assert code == 0, err
     assert out.startswith("ok: det")
+    # What Model Garden does its own way is said before anything runs.
+    assert "warning: model.pipelineConfig model.ssd.feature_extractor.conv_hyperparams." \
+           "initializer truncated_normal_initializer(mean 0.0, stddev 0.03)" in err
 
 
 def test_refusals_reach_validate_as_one_line(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ model {
       depth_multiplier: 1.0,
     }
     box_coder { faster_rcnn_box_coder { y_scale: 10.0; x_scale: 10.0 } }
+    encode_background_as_zeros: true
+    normalize_loss_by_num_matches: true
   }
 }
 train_config: {
