@@ -30,6 +30,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/staging.py
 	$(BIN)/python bench/trainer_costs.py
 	$(BIN)/python bench/finetune_vs_scratch.py
+	$(BIN)/python bench/keras_finetune_vs_scratch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

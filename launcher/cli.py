@@ -6,6 +6,7 @@ start fast; TensorFlow is never imported here.
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 import sys
@@ -245,19 +246,30 @@ def run_local(
                f"  summaries:   {contract.run_path(run_dir, contract.RUN_SUMMARIES)}")
 
 
+class DemoTask(str, enum.Enum):
+    """What ``launcher demo`` fine-tunes."""
+
+    detection = "detection"
+    keras = "keras"
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--dir", help="where data, runs and logs go")] = Path(
         "demo-run"),
+    task: Annotated[DemoTask, typer.Option(
+        "--task", help="detection (RetinaNet) or keras (an exported Keras classifier)")
+    ] = DemoTask.detection,
 ) -> None:
-    """Fine-tune a detector end to end on this machine: no cluster, no cloud account.
+    """Fine-tune end to end on this machine: no cluster, no cloud account.
 
-    Makes a synthetic OD-API data set, pre-trains a base model, fine-tunes it with 2 local
-    workers (the same Job [bold]run-local[/] runs) and compares with training from scratch.
+    Makes a synthetic data set, pre-trains a base model (a RetinaNet checkpoint, or a Keras
+    model saved as .h5), fine-tunes it with 2 local workers (the same Job [bold]run-local[/]
+    runs) and compares with training from scratch.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from launcher.demo import DemoSettings, run_demo, summary
+    from launcher.demo import DemoSettings, KerasDemoSettings, run_demo, run_keras_demo, summary
 
     columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -272,7 +284,10 @@ def demo(
             return lambda done, _total: progress.update(task, completed=done)
 
         try:
-            result = run_demo(workdir.resolve(), DemoSettings(), stage)
+            if task is DemoTask.keras:
+                result = run_keras_demo(workdir.resolve(), KerasDemoSettings(), stage)
+            else:
+                result = run_demo(workdir.resolve(), DemoSettings(), stage)
         except LauncherError as err:
             progress.stop()
             typer.echo(f"(worker logs: {workdir / 'logs'})", err=True)

@@ -152,7 +152,13 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
     if spec.command is not None:
         return []  # a trainer of the user's own
     try:
-        from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
+        from trainer.config import (
+            ConfigError,
+            from_args,
+            parse_label_map,
+            resolve_keras_classes,
+            resolve_num_classes,
+        )
         from trainer.storage import Storage, StorageError
     except ImportError:
         return [Check("warning", "inputs not checked: install the [trainer] extra to check "
@@ -165,7 +171,13 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
                         storage.read_text)
         labels = parse_label_map(storage.read_text(cfg.label_map), cfg.label_map) \
             if cfg.label_map else None
-        resolve_num_classes(cfg, labels)
+        if cfg.task == "keras":
+            resolve_keras_classes(cfg, labels)
+            if not storage.glob(cfg.checkpoint or "") and not storage.list_prefix(
+                    cfg.checkpoint or ""):
+                return [Check("error", f"model.checkpoint: {cfg.checkpoint} not found")]
+        else:
+            resolve_num_classes(cfg, labels)
         checks = [Check("warning", f"model.pipelineConfig {line}") for line in cfg.differences]
         checks += [Check("error", f"data.train[{i}]: {pattern} matches no file")
                    for i, pattern in enumerate(cfg.train) if not storage.glob(pattern)]

@@ -1,9 +1,14 @@
 """``launcher demo``: the whole story on one machine, no cluster and no cloud account.
 
+Detection (``--task detection``, the default):
 1. make a synthetic detection data set in the OD-API TFRecord format (trainer.synthetic);
 2. pre-train a tiny RetinaNet on two classes: the "exported" base checkpoint;
 3. fine-tune it on two other classes with two local workers: ``run-local`` of a rendered Job;
 4. train the same thing from scratch, and compare the final losses.
+
+Keras (``--task keras``): a synthetic image-classification set and a small CNN pre-trained on three
+patterns and saved as ``.h5`` (trainer.synthetic_keras); fine-tuned on four patterns (a new head)
+with its first block frozen by two local workers; the same network from scratch; compared.
 
 The launcher itself never imports TensorFlow: every TensorFlow step is a ``python -m trainer``
 process.
@@ -39,6 +44,17 @@ class DemoSettings:
     pretrain_steps: int = 80
     finetune_steps: int = 40
     global_batch_size: int = 8
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class KerasDemoSettings:
+    """The keras demo's sizes: a few seconds a stage on 2 CPU cores."""
+
+    image_size: int = 32
+    finetune_steps: int = 30
+    global_batch_size: int = 16
+    trainable_layers: int = 7  # conv2 onwards; the first conv block stays frozen
     workers: int = 2
 
 
@@ -172,6 +188,63 @@ def run_demo(workdir: Path, settings: DemoSettings,
     return DemoResult(run_dir, _metrics(run_dir), _metrics(scratch_dir))
 
 
+def keras_demo_spec(workdir: Path, settings: KerasDemoSettings) -> dict[str, Any]:
+    """The spec of the keras fine-tuning job: an ordinary spec, with local paths."""
+    data = workdir / "data"
+    return {
+        "name": "demo-keras",
+        "workers": settings.workers,
+        "runDir": str(workdir / "runs"),
+        "model": {"task": "keras", "checkpoint": str(data / "models" / "pretrained.h5"),
+                  "labelMap": str(data / "finetune" / "label_map.pbtxt"),
+                  "keras": {"trainableLayers": settings.trainable_layers}},
+        "data": {"train": [str(data / "finetune" / "train-*.tfrecord")],
+                 "eval": [str(data / "eval" / "val-*.tfrecord")]},
+        "training": {"steps": settings.finetune_steps,
+                     "globalBatchSize": settings.global_batch_size,
+                     "checkpointEvery": settings.finetune_steps // 3, "logEvery": 2},
+    }
+
+
+def run_keras_demo(workdir: Path, settings: KerasDemoSettings,
+                   stage: Callable[[str, int], Callable[[int, int], None]]) -> DemoResult:
+    """The keras demo's three stages; ``stage`` as for ``run_demo``."""
+    from launcher.api import run_local
+    from launcher.spec import SpecSource
+
+    prepare(workdir)
+    data, logs = workdir / "data", workdir / "logs"
+    step_cb = stage("make the data set, pre-train a CNN (3 patterns)", 1)
+    log = StageLog(logs / "data.log", step_cb)
+    _trainer_module("trainer.synthetic_keras", [str(data), str(settings.image_size)], log)
+    step_cb(1, 1)
+    log.close()
+    spec_file = workdir / "finetune.yaml"
+    spec_file.write_text(yaml.safe_dump(keras_demo_spec(workdir, settings), sort_keys=False))
+    log = StageLog(logs / "finetune.log", stage(
+        f"fine-tune on 4 patterns with {settings.workers} local workers",
+        settings.finetune_steps))
+    try:
+        spec = run_local(SpecSource(path=spec_file), out=log)  # type: ignore[arg-type]
+    finally:
+        log.close()
+    log = StageLog(logs / "scratch.log", stage("the same network from scratch",
+                                               settings.finetune_steps))
+    scratch_dir = workdir / "runs" / "from-scratch"
+    _trainer(["--task", "keras", "--run-dir", str(scratch_dir), "--checkpoint",
+              str(data / "models" / "scratch.h5"), "--train",
+              str(data / "finetune" / "train-*.tfrecord"), "--eval",
+              str(data / "eval" / "val-*.tfrecord"), "--label-map",
+              str(data / "finetune" / "label_map.pbtxt"), "--steps",
+              str(settings.finetune_steps), "--global-batch-size",
+              str(settings.global_batch_size), "--checkpoint-every",
+              str(settings.finetune_steps), "--log-every", "2", "--no-export"], log,
+             "the from-scratch run")
+    log.close()
+    run_dir = Path(spec.job_run_dir)
+    return DemoResult(run_dir, _metrics(run_dir), _metrics(scratch_dir))
+
+
 def _trainer_module(module: str, args: list[str], log: StageLog) -> None:
     result = subprocess.run([sys.executable, "-m", module, *args], env=_env(),
                             capture_output=True, text=True)
@@ -194,7 +267,7 @@ def summary(result: DemoResult) -> str:
 
     rows = [line("train loss", ft["train"]["total_loss"], sc["train"]["total_loss"])]
     for key, name in (("loss/total_loss", "eval loss"), ("AP50", "eval AP50"),
-                      ("AP", "eval AP")):
+                      ("AP", "eval AP"), ("loss", "eval loss"), ("accuracy", "eval accuracy")):
         if key in ft.get("eval", {}) and key in sc.get("eval", {}):
             rows.append(line(name, ft["eval"][key], sc["eval"][key]))
     return "\n".join([

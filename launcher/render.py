@@ -65,7 +65,8 @@ def _environment() -> jinja2.Environment:
 def trainer_args(spec: JobSpec) -> list[str]:
     """Command-line arguments of ``python -m trainer`` for this spec (see ``trainer.cli``)."""
     m, t = spec.model, spec.training
-    args = ["--run-dir", spec.job_run_dir, "--model-size", m.size]
+    args = ["--run-dir", spec.job_run_dir]
+    args += ["--task", "keras"] if m.task == "keras" else ["--model-size", m.size]
     optional: list[tuple[str, Any]] = [
         ("--checkpoint", m.checkpoint), ("--backbone", m.backbone),
         ("--fine-tune-type", m.fine_tune_type),
@@ -83,10 +84,35 @@ def trainer_args(spec: JobSpec) -> list[str]:
         args.append("--no-export")
     if t.mixed_precision is not None:
         args.append("--mixed-precision" if t.mixed_precision else "--no-mixed-precision")
+    if m.keras is not None:
+        args += _keras_args(m.keras)
     for pattern in spec.data.train:
         args += ["--train", pattern]
     for pattern in spec.data.eval:
         args += ["--eval", pattern]
+    return args
+
+
+def _keras_args(k: Any) -> list[str]:
+    """The keras task's flags (``trainer.config``), defaults left out."""
+    args: list[str] = []
+    optional: list[tuple[str, Any]] = [
+        ("--trainable-layers", k.trainable_layers), ("--freeze-until", k.freeze_until),
+        ("--loss", k.loss), ("--optimizer", k.optimizer),
+        ("--custom-objects", k.custom_objects)]
+    optional += [(flag, value) for flag, value, default in (
+        ("--head", k.head, "auto"), ("--input-range", k.input_range, "0-1"),
+        ("--image-key", k.features.image, "image/encoded"),
+        ("--label-key", k.features.label, "image/class/label"),
+        ("--text-key", k.features.text, "image/class/text"),
+        ("--label-offset", k.features.label_offset, 0)) if value != default]
+    for flag, value in optional:
+        if value is not None:
+            # "--flag=-1-1": argparse would read a separate "-1-1" as an option
+            args += [f"{flag}={value}"] if str(value).startswith("-") else [flag, str(value)]
+    for pattern in k.freeze_patterns:
+        args += [f"--freeze-pattern={pattern}"] if pattern.startswith("-") else \
+            ["--freeze-pattern", pattern]
     return args
 
 

@@ -157,9 +157,37 @@ class Resources(_Model, kw_only=True):
     tmp_size: Text = "1Gi"  # /tmp
 
 
+class KerasFeatures(_Model, kw_only=True):
+    """TFRecord feature keys of an image-classification data set."""
+
+    image: Text = "image/encoded"  # JPEG or PNG bytes
+    label: Text = "image/class/label"  # int64 class
+    text: Text = "image/class/text"  # class name, through model.labelMap, when no label
+    label_offset: Annotated[int, Meta(ge=-INT32_MAX, le=INT32_MAX)] = 0  # index = label - offset
+
+
+class KerasSpec(_Model, kw_only=True):
+    """How to fine-tune an exported Keras model (``model.task: keras``)."""
+
+    # Which layers train; at most one of the three (none: every layer trains).
+    trainable_layers: PositiveInt | None = None  # the last N layers train, the rest is frozen
+    freeze_until: Text | None = None  # freeze every layer up to and including this one
+    freeze_patterns: list[Text] = msgspec.field(default_factory=list)  # regexes of layer names
+    # auto: a new Dense head when the class count differs; keep; replace (always new)
+    head: Literal["auto", "keep", "replace"] = "auto"
+    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] | None = None
+    optimizer: Literal["sgd", "adam", "rmsprop"] | None = None  # default: the model's own
+    custom_objects: Text | None = None  # module in the image defining the model's custom layers
+    input_range: Literal["0-1", "0-255", "-1-1"] = "0-1"  # pixel values the model expects
+    features: KerasFeatures = msgspec.field(default_factory=KerasFeatures)
+
+
 class ModelSpec(_Model, kw_only=True):
     """The exported model to fine-tune."""
 
+    # detection: RetinaNet from a checkpoint (and pipeline.config); keras: an exported Keras
+    # model (.h5, .keras or a SavedModel directory) given as checkpoint, settings in keras
+    task: Literal["detection", "keras"] = "detection"
     # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory; may come from the pipeline.config
     checkpoint: Text | None = None
     # classification = backbone, detection = backbone + decoder, full = everything;
@@ -173,6 +201,7 @@ class ModelSpec(_Model, kw_only=True):
     # standard: the published architecture; tiny: a narrow one for CPU demos and tests
     size: Literal["standard", "tiny"] = "standard"
     image_size: Annotated[int, Meta(ge=32, le=2048)] | None = None  # square input size
+    keras: KerasSpec | None = None
 
 
 class DataSpec(_Model, kw_only=True):
@@ -437,6 +466,7 @@ def _cross_checks(spec: JobSpec) -> None:
                             "train_input_reader input_path)")
     _check_names(spec)
     _check_formats(spec)
+    _check_task(spec)
     if spec.profile == "kind":
         if spec.resources.gpus:
             raise SpecError("resources.gpus", "the kind profile runs on CPU only; set 0")
@@ -466,6 +496,38 @@ def _cross_checks(spec: JobSpec) -> None:
     if spec.training.checkpoint_every and spec.training.steps and \
             spec.training.checkpoint_every > spec.training.steps:
         raise SpecError("training.checkpointEvery", "is larger than training.steps")
+
+
+def _check_task(spec: JobSpec) -> None:
+    """Fields of one task only; the keras task's freeze settings."""
+    model = spec.model
+    if model.task == "detection":
+        if model.keras is not None:
+            raise SpecError("model.keras", "only with model.task: keras")
+        return
+    for name in ("pipeline_config", "fine_tune_type", "backbone"):
+        if getattr(model, name) is not None:
+            raise SpecError(f"model.{_camel(name)}", "only with model.task: detection")
+    if model.size != "standard":
+        raise SpecError("model.size", "only with model.task: detection (a Keras model has the "
+                        "size it was saved with)")
+    keras = model.keras or KerasSpec()
+    chosen = [name for name, value in (("trainableLayers", keras.trainable_layers),
+                                       ("freezeUntil", keras.freeze_until),
+                                       ("freezePatterns", keras.freeze_patterns)) if value]
+    if len(chosen) > 1:
+        raise SpecError(f"model.keras.{chosen[1]}", f"set only one of trainableLayers, "
+                        f"freezeUntil, freezePatterns (also set: {chosen[0]})")
+    for i, pattern in enumerate(keras.freeze_patterns):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise SpecError(f"model.keras.freezePatterns[{i}]",
+                            f"{shown(pattern)} is not a regular expression ({err})") from None
+    module = keras.custom_objects
+    if module is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+        raise SpecError("model.keras.customObjects", f"{shown(module)} is not a Python module "
+                        "name (e.g. my_layers)")
 
 
 def _uris(spec: JobSpec) -> list[tuple[str, str]]:

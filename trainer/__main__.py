@@ -23,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("trainer")
     from trainer import cluster as cluster_mod
-    from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
+    from trainer.config import (
+        ConfigError,
+        from_args,
+        parse_label_map,
+        resolve_keras_classes,
+        resolve_num_classes,
+    )
     from trainer.storage import Storage, StorageError
 
     try:
@@ -34,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = None
         if cfg.label_map:
             labels = parse_label_map(storage.read_text(cfg.label_map), cfg.label_map)
-        num_classes = resolve_num_classes(cfg, labels)
+        num_classes = (resolve_keras_classes(cfg, labels) if cfg.task == "keras"
+                       else resolve_num_classes(cfg, labels))
         if info.workers:
             cluster_mod.wait_for_peers(info)
             cluster_mod.export_tf_config(info)

@@ -27,6 +27,7 @@ class TrainConfig:
 
     run_dir: str
     train: list[str]
+    task: str = "detection"  # detection (RetinaNet) | keras (an exported Keras classifier)
     checkpoint: str | None = None
     fine_tune_type: str = "detection"
     backbone: str = "mobilenetv2"
@@ -62,6 +63,19 @@ class TrainConfig:
     freeze_batchnorm: bool = False
     seed: int = 0
     max_skipped_fraction: float = 0.01
+    # The keras task (``trainer.keras_job``): which layers train, the head, loss and optimizer.
+    trainable_layers: int | None = None  # the last N layers train, the rest is frozen
+    freeze_until: str | None = None  # every layer up to and including this one is frozen
+    freeze_patterns: list[str] = field(default_factory=list)  # regexes of frozen layer names
+    head: str = "auto"  # auto (replace when the class count differs) | keep | replace
+    loss: str | None = None  # a Keras loss name; None: the model's compile config
+    optimizer: str | None = None  # sgd | adam | rmsprop; None: the compile config, else sgd
+    custom_objects: str | None = None  # a module whose public names the model needs
+    image_key: str = "image/encoded"
+    label_key: str = "image/class/label"
+    text_key: str = "image/class/text"
+    label_offset: int = 0  # class index = label - offset (1 for records with 0 as background)
+    input_range: str = "0-1"  # pixel values the model expects: 0-1 | 0-255 | -1-1
     # where each value came from: "flag", "default" or "pipeline.config:<field path>"
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -79,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer",
                                 description="Fine-tune RetinaNet under MultiWorkerMirroredStrategy")
     p.add_argument("--run-dir", default=None, help=f"default: ${contract.ENV_RUN_DIR}")
+    p.add_argument("--task", choices=["detection", "keras"], default=None,
+                   help="detection: RetinaNet (default); keras: fine-tune an exported Keras "
+                        "model (.h5, .keras or a SavedModel directory, given as --checkpoint)")
     p.add_argument("--pipeline-config", default=None,
                    help="OD-API pipeline.config; flags override its fields")
     p.add_argument("--checkpoint", default=None, help="fine-tune from here; none: from scratch")
@@ -106,6 +123,27 @@ def parser() -> argparse.ArgumentParser:
                    help="fail when more than this fraction of a worker's examples is unusable "
                         "(bad boxes or classes, undecodable images; box-less images are not "
                         "counted): default 0.01")
+    keras = p.add_argument_group("keras task")
+    keras.add_argument("--trainable-layers", type=int, default=None,
+                       help="train the last N layers, freeze the rest")
+    keras.add_argument("--freeze-until", default=None,
+                       help="freeze every layer up to and including this one")
+    keras.add_argument("--freeze-pattern", dest="freeze_patterns", action="append", default=[],
+                       help="freeze the layers whose name matches this regex (repeatable)")
+    keras.add_argument("--head", choices=["auto", "keep", "replace"], default=None,
+                       help="the classification head: replaced by a new Dense layer when the "
+                            "class count differs (auto), kept, or always replaced")
+    keras.add_argument("--loss", default=None, help="a Keras loss; default: the model's own")
+    keras.add_argument("--optimizer", choices=["sgd", "adam", "rmsprop"], default=None,
+                       help="default: the model's own, else sgd with --momentum")
+    keras.add_argument("--custom-objects", default=None,
+                       help="an importable module whose public names the model needs")
+    for flag in ("--image-key", "--label-key", "--text-key"):
+        keras.add_argument(flag, default=None, help="TFRecord feature key")
+    keras.add_argument("--label-offset", type=int, default=None,
+                       help="class index = label - offset (default 0)")
+    keras.add_argument("--input-range", choices=["0-1", "0-255", "-1-1"], default=None,
+                       help="pixel values the model expects (default 0-1)")
     return p
 
 
@@ -174,6 +212,29 @@ def _schedule_fits(merged: dict[str, Any], sources: dict[str, str]) -> None:
                           "total_steps to decay over the run's steps")
 
 
+# Flags of one task only, by TrainConfig field.
+DETECTION_ONLY = ("pipeline_config", "fine_tune_type", "backbone", "freeze_batchnorm")
+KERAS_ONLY = ("trainable_layers", "freeze_until", "freeze_patterns", "head", "loss",
+              "optimizer", "custom_objects", "image_key", "label_key", "text_key",
+              "label_offset", "input_range")
+
+
+def _keras_fits(merged: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Cross-field rules of the keras task."""
+    for name in DETECTION_ONLY:
+        if name in flags:
+            raise ConfigError(f"--{name.replace('_', '-')}: only for --task detection")
+    if not merged.get("checkpoint"):
+        raise ConfigError("--checkpoint: required with --task keras (the exported model: .h5, "
+                          ".keras or a SavedModel directory)")
+    chosen = [f for f in ("trainable_layers", "freeze_until", "freeze_patterns") if f in flags]
+    if len(chosen) > 1:
+        raise ConfigError(f"--{chosen[0].replace('_', '-')} and "
+                          f"--{chosen[1].replace('_', '-')}: choose one way to freeze layers")
+    if merged.get("trainable_layers") is not None and merged["trainable_layers"] < 1:
+        raise ConfigError("--trainable-layers: must be >= 1")
+
+
 def from_args(argv: list[str], env: dict[str, str],
               read_text: Callable[[str], str] | None = None) -> TrainConfig:
     """Flags, over the pipeline.config (if any, read with ``read_text``), over the defaults."""
@@ -205,11 +266,17 @@ def from_args(argv: list[str], env: dict[str, str],
                  "log_every", "image_size"):
         if merged[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1")
-    if merged["image_size"] % 32:
+    if merged["image_size"] % 32 and merged.get("task", "detection") == "detection":
         where = sources.get("image_size", "default").removeprefix("pipeline.config:")
         raise ConfigError(f"image size {merged['image_size']} ({where}): must be a multiple "
                           "of 32")
     _schedule_fits(merged, sources)
+    if merged.get("task") == "keras":
+        _keras_fits(merged, flags)
+    else:
+        for name in KERAS_ONLY:
+            if name in flags:
+                raise ConfigError(f"--{name.replace('_', '-')}: only for --task keras")
     merged["sources"] = {**{k: sources.get(k, "default") for k in merged if k != "sources"},
                          **{k: v for k, v in sources.items() if "." in k}}
     return TrainConfig(**merged)
@@ -275,3 +342,16 @@ def resolve_num_classes(cfg: TrainConfig, labels: dict[int, str] | None) -> int:
                               "num_classes")
         return cfg.num_classes + 1
     return max(labels) + 1
+
+
+def resolve_keras_classes(cfg: TrainConfig, labels: dict[int, str] | None) -> int | None:
+    """Classes of a keras-task run (no background): ``--num-classes``, else the label map's
+    largest id (ids 1..N are class indices 0..N-1), else None: the model's own head decides."""
+    if cfg.num_classes is not None:
+        if cfg.num_classes < 1:
+            raise ConfigError("--num-classes: must be >= 1")
+        if labels and cfg.num_classes < max(labels):
+            raise ConfigError(f"--num-classes {cfg.num_classes} is smaller than the label "
+                              f"map's largest id {max(labels)}")
+        return cfg.num_classes
+    return max(labels) if labels else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,9 @@ REASONS = {
     "bad_label": "a class id outside the label map's 1..max id",
     "unknown_text": "a class name missing from the label map",
     "bad_image": "an image that cannot be decoded",
+    # image classification (trainer.keras_data)
+    "no_class": "no class label or name",
+    "bad_class": "a class outside the model's classes",
 }
 BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin",
             "image/object/bbox/ymax")
@@ -136,11 +140,18 @@ def example_problem(example: object, name_to_id: dict[str, int] | None,
     return None
 
 
-def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> ScanReport:
+def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: int = 0,
+         problem: Callable[[object], str | None] | None = None,
+         image_key: str = "image/encoded") -> ScanReport:
     """Read every record of ``paths``; ``RecordsError`` naming a file that is not a TFRecord
-    file (truncated, random bytes) or a compression mix."""
+    file (truncated, random bytes) or a compression mix. ``problem`` (a ``tf.train.Example``
+    -> a ``REASONS`` key or None) says what is unusable: by default ``example_problem``, the
+    OD API's detection records with ``name_to_id`` and ``max_id``."""
     import tensorflow as tf
 
+    if problem is None:
+        def problem(example: object) -> str | None:
+            return example_problem(example, name_to_id, max_id)
     kind = compression(paths)
     report = ScanReport(compressed=kind == "GZIP")
     for path in paths:
@@ -151,9 +162,9 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
             for index, raw in enumerate(dataset.as_numpy_iterator()):
                 file_report.records += 1
                 example = tf.train.Example.FromString(raw)
-                problem = example_problem(example, name_to_id, max_id)
-                if problem:
-                    file_report.skipped[problem] += 1
+                reason = problem(example)
+                if reason:
+                    file_report.skipped[reason] += 1
                 else:
                     usable.add(index)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
@@ -165,7 +176,7 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None, max_id: int) -> S
                 raise
             raise RecordsError(f"{path.name}: record {file_report.records} is not a "
                                "tf.train.Example") from None
-        damaged = usable - _decodable(path, kind)
+        damaged = usable - _decodable(path, kind, image_key)
         file_report.undecodable = _fingerprints(path, kind, damaged)
         file_report.skipped["bad_image"] += len(damaged)
         file_report.usable = len(usable) - len(damaged)
@@ -195,14 +206,14 @@ def _fingerprints(path: Path, kind: str, indices: set[int]) -> list[int]:
                   if index in indices)
 
 
-def _decodable(path: Path, kind: str) -> set[int]:
+def _decodable(path: Path, kind: str, image_key: str) -> set[int]:
     """Indices of the records whose image decodes, decoding in parallel as training will."""
     import tensorflow as tf
 
-    feature = {"image/encoded": tf.io.FixedLenFeature((), tf.string, default_value="")}
+    feature = {image_key: tf.io.FixedLenFeature((), tf.string, default_value="")}
 
     def decode(index: tf.Tensor, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        encoded = tf.io.parse_single_example(serialized, feature)["image/encoded"]
+        encoded = tf.io.parse_single_example(serialized, feature)[image_key]
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         return index, tf.shape(image)[0]
 

@@ -1,10 +1,11 @@
-"""Fine-tune Model Garden RetinaNet with a custom loop under MultiWorkerMirroredStrategy.
+"""The training loop every task shares, with a custom loop under MultiWorkerMirroredStrategy.
 
-The loop is ours (Keras 3 ``model.fit`` crashes under MWMS, keras-team/keras#20585); the model and
-losses are Model Garden's ``RetinaNetTask``, the input pipeline ``trainer.data``. Checkpoints are
-written locally every N steps and published to the run directory in the background; SIGTERM
-becomes a coordinated save (``PreemptionCheckpointHandler``), then exit 42. At the end the chief
-evaluates (COCO metrics), writes ``eval/metrics.json`` and exports a SavedModel.
+The loop is ours (Keras 3 ``model.fit`` crashes under MWMS, keras-team/keras#20585). What differs
+between tasks (the model, its losses and input pipeline, evaluation, export) is a ``Job``:
+``trainer.detection_job`` (Model Garden RetinaNet) or ``trainer.keras_job`` (an exported Keras
+model). Checkpoints are written locally every N steps and published to the run directory in the
+background; SIGTERM becomes a coordinated save (``PreemptionCheckpointHandler``), then exit 42.
+At the end the chief evaluates, writes ``eval/metrics.json`` and exports.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from launcher import contract
 from launcher.errors import first_line
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
-from trainer.model import build_task
-from trainer.storage import Storage, StorageError, is_gcs, join
+from trainer.staging import Staged, restore, stage_resume
+from trainer.storage import Storage, join
 
 log = logging.getLogger("trainer")
 
@@ -34,146 +35,46 @@ log = logging.getLogger("trainer")
 PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError")
 
 
-@dataclass
-class Staged:
-    """What this worker pulled to local disk."""
+class Job(Protocol):
+    """What a task brings to the loop. Losses must be normalised over the global batch, so that N
+    workers with global batch B train exactly like one worker with batch B."""
 
-    train_files: list[Path]
-    eval_files: list[Path] = field(default_factory=list)
-    compression: str = ""  # of the train files: "" or "GZIP"
-    eval_compression: str = ""
-    undecodable: set[int] = field(default_factory=set)  # fingerprints of records to skip
-    name_to_id: dict[str, int] | None = None
-    init_checkpoint: str | None = None  # local prefix to fine-tune from
-    resume_checkpoint: str | None = None  # local prefix of the run's own newest checkpoint
-    resume_step: int = 0
+    log_names: tuple[str, ...]  # of ``replica_step``'s logs: printed and summarised
+    eval_summary: tuple[str, ...]  # of ``evaluate``'s metrics: printed
 
+    def stage(self, storage: Storage, cluster: ClusterInfo, scratch: Path,
+              resuming: bool) -> Staged:
+        """This worker's inputs, checked, and what the run starts from."""
 
-def _expand(storage: Storage, patterns: list[str], flag: str) -> list[str]:
-    files: list[str] = []
-    for pattern in patterns:
-        matched = storage.glob(pattern)
-        if not matched:
-            raise ConfigError(f"{flag} {pattern}: matches no file")
-        files += matched
-    return sorted(set(files))
+    def build(self, staged: Staged, mixed: bool) -> tuple[Any, dict[str, Any], Any, list[Any]]:
+        """Under the strategy's scope: model, its checkpoint items, optimizer, metrics."""
 
+    def fine_tune(self, model: Any, staged: Staged) -> str:
+        """Load the start weights (a fresh run, not a resume); a line for the log."""
 
-def stage_inputs(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scratch: Path,
-                 name_to_id: dict[str, int] | None, max_id: int) -> Staged:
-    """Pull this worker's TFRecord shards (eval files on the chief), check what they hold, and
-    pull the start checkpoint."""
-    files = _expand(storage, cfg.train, "--train")
-    workers = max(cluster.num_workers, 1)
-    if len(files) < workers:
-        raise ConfigError(f"--train: {len(files)} TFRecord files for {workers} workers; "
-                          "each worker needs at least one shard")
-    staged = Staged(_local(storage, files[cluster.index::workers], scratch / "train"))
-    staged.compression = _checked(staged, staged.train_files, name_to_id, max_id, cfg,
-                                  f"worker {cluster.index} --train")
-    if cfg.eval and cluster.is_chief:
-        staged.eval_files = _local(storage, _expand(storage, cfg.eval, "--eval"),
-                                   scratch / "eval")
-        staged.eval_compression = _checked(staged, staged.eval_files, name_to_id, max_id, cfg,
-                                           "--eval")
-    try:
-        resume = checkpoints.stage_resume(storage, cfg.run_dir, scratch / "resume")
-    except checkpoints.CheckpointError as err:
-        raise ConfigError(str(err)) from None
-    if resume is not None:
-        staged.resume_step, staged.resume_checkpoint = resume
-        if cluster.is_chief:
-            checkpoints.repair_pointer(storage, cfg.run_dir, staged.resume_step)
-    elif cfg.checkpoint:
-        try:
-            prefix = checkpoints.resolve_prefix(storage, cfg.checkpoint)
-            staged.init_checkpoint = checkpoints.stage(storage, prefix, scratch / "init")
-            checkpoints.verify(staged.init_checkpoint)
-        except (StorageError, checkpoints.CheckpointError) as err:
-            raise ConfigError(f"--checkpoint {cfg.checkpoint}: not a readable TensorFlow "
-                              f"checkpoint ({err})") from None
-    return staged
+    def dataset(self, staged: Staged, context: Any) -> Any:
+        """This worker's training ``tf.data.Dataset`` of per-replica batches."""
+
+    def replica_step(self, inputs: Any, model: Any, optimizer: Any, metrics: list[Any]) -> Any:
+        """One step on one replica: forward, loss, gradients applied; the logs."""
+
+    def evaluate(self, staged: Staged, checkpoint: str) -> dict[str, float]:
+        """Chief only: metrics of the checkpoint on the eval files."""
+
+    def export(self, staged: Staged, checkpoint: str, dest: Path) -> Path:
+        """Chief only: the checkpoint's model for serving, under ``dest``."""
 
 
-def _local(storage: Storage, uris: list[str], dest: Path) -> list[Path]:
-    """Local paths of ``uris``: local files as they are (absolute), gs:// ones downloaded."""
-    if not any(is_gcs(u) for u in uris):
-        return [Path(u).resolve() for u in uris]
-    return storage.download_many(uris, dest)
+def make_job(cfg: TrainConfig, labels: dict[int, str] | None, num_classes: int | None) -> Job:
+    """The job of ``cfg.task``."""
+    if cfg.task == "keras":
+        from trainer.keras_job import KerasJob
 
+        return KerasJob(cfg, labels, num_classes)
+    from trainer.detection_job import DetectionJob
 
-def _checked(staged: Staged, paths: list[Path], name_to_id: dict[str, int] | None, max_id: int,
-             cfg: TrainConfig, what: str) -> str:
-    """Scan the records (counts per file and reason, logged; damaged images noted in
-    ``staged``); their compression."""
-    from trainer import records
-
-    try:
-        report = records.scan(paths, name_to_id, max_id)
-        log.info("%s: %s", what, report.summary())
-        records.check(report, cfg.max_skipped_fraction, what)
-    except records.RecordsError as err:
-        raise ConfigError(str(err)) from None
-    staged.undecodable |= report.undecodable()
-    return "GZIP" if report.compressed else ""
-
-
-def _optimizer(cfg: TrainConfig, mixed: bool) -> Any:
-    """SGD with momentum over the configured schedule: a linear warm-up from
-    ``warmup_learning_rate`` to ``learning_rate``, then cosine decay to 0 at ``total_steps``
-    (default: the run's steps), or constant."""
-    import tf_keras
-
-    if cfg.lr_schedule == "constant":
-        schedule: Any = cfg.learning_rate
-        if cfg.warmup_steps:
-            schedule = tf_keras.optimizers.schedules.CosineDecay(
-                cfg.warmup_learning_rate, 1, alpha=1.0, warmup_target=cfg.learning_rate,
-                warmup_steps=cfg.warmup_steps)
-    else:
-        decay_steps = max((cfg.total_steps or cfg.steps) - cfg.warmup_steps, 1)
-        if cfg.warmup_steps:
-            schedule = tf_keras.optimizers.schedules.CosineDecay(
-                cfg.warmup_learning_rate, decay_steps, warmup_target=cfg.learning_rate,
-                warmup_steps=cfg.warmup_steps)
-        else:
-            schedule = tf_keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps)
-    optimizer = tf_keras.optimizers.SGD(schedule, momentum=cfg.momentum,
-                                        global_clipnorm=cfg.clip_norm or None)
-    if mixed:
-        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
-    return optimizer
-
-
-def _restore(checkpoint: Any, prefix: str, what: str) -> None:
-    """Read a checkpoint; a mismatch names ``what`` (the user's URI) and the variable."""
-    try:
-        checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
-    except (AssertionError, ValueError) as err:
-        raise ConfigError(f"{what} does not fit this model: {first_line(err, 300)}") from None
-
-
-def _fine_tune(task: Any, model: Any, prefix: str, cfg: TrainConfig) -> None:
-    """Restore the modules the fine-tune type names, as the OD API and Model Garden do."""
-    import tensorflow as tf
-
-    modules = task.task_config.init_checkpoint_modules
-    if modules == "all":
-        items = dict(model.checkpoint_items)
-    else:
-        names = [modules] if isinstance(modules, str) else list(modules)
-        items = {name: getattr(model, name) for name in names}
-    _restore(tf.train.Checkpoint(**items), prefix,
-             f"--checkpoint ({cfg.fine_tune_type}) {cfg.checkpoint}")
-
-
-def _freeze_batchnorm(model: Any) -> None:
-    """Non-trainable batch norm runs in inference mode: moving statistics, fixed scales."""
-    import tf_keras
-
-    for layer in model.submodules:
-        if isinstance(layer, tf_keras.layers.BatchNormalization):
-            layer.trainable = False
+    assert num_classes is not None
+    return DetectionJob(cfg, labels, num_classes)
 
 
 def _is_peer_loss(err: BaseException) -> bool:
@@ -188,7 +89,7 @@ class Run:
     cluster: ClusterInfo
     storage: Storage
     strategy: Any
-    task: Any
+    job: Job
     model: Any
     optimizer: Any
     metrics: list[Any]
@@ -222,8 +123,8 @@ class Run:
         sys.exit(contract.EXIT_RETRYABLE)
 
 
-def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Storage,
-          staged: Staged, scratch: Path, strategy: Any) -> Run:
+def build(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage, staged: Staged,
+          scratch: Path, strategy: Any) -> Run:
     """Model, optimizer and checkpoint under ``strategy``, restored from where this run
     starts."""
     import tensorflow as tf
@@ -234,26 +135,19 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
         raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
                           f"the {replicas} replicas")
     gpus = tf.config.list_physical_devices("GPU")
-    mixed = bool(gpus) and cfg.mixed_precision is not False
+    # A Keras model keeps the dtype policy it was saved with.
+    mixed = bool(gpus) and cfg.mixed_precision is not False and cfg.task == "detection"
     if mixed:
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
-    task = build_task(cfg, num_classes, ",".join(str(p) for p in staged.train_files),
-                      local_files=len(staged.train_files), sync_bn=True)
     with strategy.scope():
-        model = task.build_model()
-        model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
-        if cfg.freeze_batchnorm:
-            _freeze_batchnorm(model)
-        optimizer = _optimizer(cfg, mixed)
-        metrics = task.build_metrics(training=True)
-        ckpt = tf.train.Checkpoint(optimizer=optimizer, **model.checkpoint_items)
+        model, items, optimizer, metrics = job.build(staged, mixed)
+        ckpt = tf.train.Checkpoint(optimizer=optimizer, **items)
         if staged.resume_checkpoint:
-            _restore(ckpt, staged.resume_checkpoint,
-                     f"checkpoint ckpt-{staged.resume_step} of {cfg.run_dir}")
+            restore(ckpt, staged.resume_checkpoint,
+                    f"checkpoint ckpt-{staged.resume_step} of {cfg.run_dir}")
             log.info("resumed from step %d of %s", staged.resume_step, cfg.run_dir)
         elif staged.init_checkpoint:
-            _fine_tune(task, model, staged.init_checkpoint, cfg)
-            log.info("fine-tuning (%s) from %s", cfg.fine_tune_type, cfg.checkpoint)
+            log.info("%s", job.fine_tune(model, staged))
         else:
             log.info("training from scratch")
     local_dir = scratch / ("checkpoints" if cluster.is_chief else "checkpoints-worker")
@@ -261,45 +155,43 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, num_classes: int, storage: Sto
     publisher = (checkpoints.Publisher(storage, cfg.run_dir, cfg.keep_checkpoints,
                                        staging=scratch / "publish")
                  if cluster.is_chief else None)
-    return Run(cfg, cluster, storage, strategy, task, model, optimizer, metrics, manager,
+    return Run(cfg, cluster, storage, strategy, job, model, optimizer, metrics, manager,
                publisher, scratch)
 
 
 def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
-          num_classes: int, storage: Storage) -> int:
+          num_classes: int | None, storage: Storage) -> int:
     """Run the job; returns the process exit code (see ``launcher.contract``). The scratch
     directory (staged inputs, local checkpoints, export) is removed on every way out, exit 42
     through ``SystemExit`` included."""
     scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
     try:
-        return _train(cfg, cluster, labels, num_classes, storage, scratch)
+        return _train(cfg, cluster, make_job(cfg, labels, num_classes), storage, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
-           num_classes: int, storage: Storage, scratch: Path) -> int:
+def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
+           scratch: Path) -> int:
     import tensorflow as tf
 
-    from trainer.data import build_dataset
-
-    name_to_id = {name: i for i, name in labels.items()} if labels else None
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures collectives at
     # start-up, and staging reads records and checkpoints with TensorFlow.
     strategy = make_strategy(cluster)
-    staged = stage_inputs(cfg, storage, cluster, scratch, name_to_id, num_classes - 1)
-    staged.name_to_id = name_to_id
+    resume = Staged([])
+    stage_resume(cfg, storage, cluster, scratch, resume)
+    staged = job.stage(storage, cluster, scratch, resuming=resume.resume_checkpoint is not None)
+    staged.resume_step, staged.resume_checkpoint = resume.resume_step, resume.resume_checkpoint
     if cluster.is_chief:
         _record_config(cfg, storage)
-    run = build(cfg, cluster, num_classes, storage, staged, scratch, strategy)
+    run = build(cfg, cluster, job, storage, staged, scratch, strategy)
     dataset = run.strategy.distribute_datasets_from_function(
-        lambda ctx: build_dataset(run.task, run.task.task_config.train_data, name_to_id, ctx,
-                                  staged.compression, staged.undecodable))
+        lambda ctx: job.dataset(staged, ctx))
     iterator = iter(dataset)
 
     @tf.function
     def train_step(it: Any) -> Any:
-        logs = run.strategy.run(run.task.train_step,
+        logs = run.strategy.run(job.replica_step,
                                 args=(next(it), run.model, run.optimizer, run.metrics))
         return {k: run.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
                 for k, v in logs.items()}
@@ -399,41 +291,29 @@ def _record_config(cfg: TrainConfig, storage: Storage) -> None:
 
 
 def finish(run: Run, staged: Staged) -> None:
-    """Chief only, after the last checkpoint is published: eval metrics, then the SavedModel."""
+    """Chief only, after the last checkpoint is published: eval metrics, then the export."""
     report: dict[str, Any] = {"step": run.step, "train": run.last_logs}
+    checkpoint = run.manager.latest_checkpoint
     if staged.eval_files:
         import tensorflow as tf
 
-        from trainer.evaluate import evaluate
-
-        # A fresh copy outside the strategy: the other workers may already have exited, and the
-        # distributed model would issue collectives (e.g. batch-norm reads) to them.
-        model = run.task.build_model()
-        model(tf.zeros([1, run.cfg.image_size, run.cfg.image_size, 3]), training=False)
-        tf.train.Checkpoint(**model.checkpoint_items).read(
-            run.manager.latest_checkpoint).expect_partial().assert_existing_objects_matched()
-        report["eval"] = evaluate(run.task, model, staged.eval_files, run.cfg.global_batch_size,
-                                  staged.name_to_id, staged.eval_compression,
-                                  staged.undecodable)
+        report["eval"] = run.job.evaluate(staged, checkpoint)
         writer = tf.summary.create_file_writer(str(run.scratch / "summaries" / "eval"))
         with writer.as_default():
             for name, value in report["eval"].items():
                 tf.summary.scalar(name, value, step=run.step)
         writer.close()
-        log.info("eval at step %d: AP %.4f AP50 %.4f", run.step, report["eval"].get("AP", -1),
-                 report["eval"].get("AP50", -1))
+        log.info("eval at step %d: %s", run.step, " ".join(
+            f"{name} {report['eval'].get(name, -1):.4f}" for name in run.job.eval_summary))
     run.storage.write_text(join(run.cfg.run_dir, contract.RUN_EVAL_METRICS),
                            json.dumps(report, indent=2) + "\n")
     # The train summaries went up with the last checkpoint; only the eval ones are new.
     run.storage.upload_tree(run.scratch / "summaries" / "eval",
                             join(run.cfg.run_dir, contract.RUN_SUMMARIES, "eval"))
     if run.cfg.export:
-        from trainer.export import export_saved_model
-
-        local = export_saved_model(run.task, run.manager.latest_checkpoint,
-                                   run.scratch / "export")
+        local = run.job.export(staged, checkpoint, run.scratch / "export")
         run.storage.upload_tree(local, join(run.cfg.run_dir, contract.RUN_EXPORT))
-        log.info("exported SavedModel to %s", join(run.cfg.run_dir, contract.RUN_EXPORT))
+        log.info("exported to %s", join(run.cfg.run_dir, contract.RUN_EXPORT))
 
 
 def _log_progress(run: Run, step: int, start_step: int, start: float,
@@ -444,14 +324,15 @@ def _log_progress(run: Run, step: int, start_step: int, start: float,
     elapsed = max(time.monotonic() - start, 1e-9)
     rate = (step - start_step) / elapsed
     eta = (cfg.steps - step) / rate if rate > 0 else float("inf")
-    values = {name: float(logs[name]) for name in ("total_loss", "cls_loss", "box_loss")}
+    values = {name: float(logs[name]) for name in run.job.log_names}
     lr = float(tf.convert_to_tensor(run.optimizer.learning_rate))
     examples = rate * cfg.global_batch_size
-    log.info("worker %d step %d/%d loss %.4f cls %.4f box %.4f lr %.5f %.1f examples/s "
-             "ETA %.0fs", run.cluster.index, step, cfg.steps, values["total_loss"],
-             values["cls_loss"], values["box_loss"], lr, examples, eta)
+    named = " ".join(f"{name.removesuffix('_loss') if i else 'loss'} {value:.4f}"
+                     for i, (name, value) in enumerate(values.items()))
+    log.info("worker %d step %d/%d %s lr %.5f %.1f examples/s ETA %.0fs", run.cluster.index,
+             step, cfg.steps, named, lr, examples, eta)
     for name, value in values.items():
-        tf.summary.scalar(f"loss/{name}", value, step=step)
+        tf.summary.scalar(f"loss/{name}" if name.endswith("loss") else name, value, step=step)
     tf.summary.scalar("learning_rate", lr, step=step)
     tf.summary.scalar("steps_per_second", rate, step=step)
     tf.summary.scalar("examples_per_second", examples, step=step)

@@ -1,0 +1,117 @@
+"""The detection task: Model Garden RetinaNet on OD-API TFRecords (``trainer.model``,
+``trainer.data``), COCO evaluation and a detection SavedModel. ``trainer.train`` runs the loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from trainer import checkpoints
+from trainer.cluster import ClusterInfo
+from trainer.config import ConfigError, TrainConfig
+from trainer.model import build_task
+from trainer.staging import Staged, restore, stage_records
+from trainer.storage import Storage, StorageError
+
+log = logging.getLogger("trainer")
+
+
+class DetectionJob:
+    """What is RetinaNet's in a run; see ``trainer.train.Job``."""
+
+    log_names = ("total_loss", "cls_loss", "box_loss")
+    eval_summary = ("AP", "AP50")
+
+    def __init__(self, cfg: TrainConfig, labels: dict[int, str] | None, num_classes: int):
+        self.cfg = cfg
+        self.num_classes = num_classes  # with the background, as Model Garden counts
+        self.name_to_id = {name: i for i, name in labels.items()} if labels else None
+        self.task: Any = None
+
+    def stage(self, storage: Storage, cluster: ClusterInfo, scratch: Path,
+              resuming: bool) -> Staged:
+        """This worker's records, checked; the fine-tune checkpoint unless resuming."""
+        from trainer import records
+
+        staged = stage_records(self.cfg, storage, cluster, scratch, lambda paths: records.scan(
+            paths, self.name_to_id, self.num_classes - 1))
+        staged.name_to_id = self.name_to_id
+        if self.cfg.checkpoint and not resuming:
+            try:
+                prefix = checkpoints.resolve_prefix(storage, self.cfg.checkpoint)
+                staged.init_checkpoint = checkpoints.stage(storage, prefix, scratch / "init")
+                checkpoints.verify(staged.init_checkpoint)
+            except (StorageError, checkpoints.CheckpointError) as err:
+                raise ConfigError(f"--checkpoint {self.cfg.checkpoint}: not a readable "
+                                  f"TensorFlow checkpoint ({err})") from None
+        self.task = build_task(self.cfg, self.num_classes,
+                               ",".join(str(p) for p in staged.train_files),
+                               local_files=len(staged.train_files), sync_bn=True)
+        return staged
+
+    def build(self, staged: Staged, mixed: bool) -> tuple[Any, dict[str, Any], Any, list[Any]]:
+        """Under the strategy's scope: model, its checkpoint items, optimizer, metrics."""
+        import tensorflow as tf
+
+        from trainer.optim import sgd
+
+        model = self.task.build_model()
+        model(tf.zeros([1, self.cfg.image_size, self.cfg.image_size, 3]), training=False)
+        if self.cfg.freeze_batchnorm:
+            _freeze_batchnorm(model)
+        return (model, dict(model.checkpoint_items), sgd(self.cfg, mixed),
+                self.task.build_metrics(training=True))
+
+    def fine_tune(self, model: Any, staged: Staged) -> str:
+        """Restore the modules the fine-tune type names, as the OD API and Model Garden do."""
+        import tensorflow as tf
+
+        modules = self.task.task_config.init_checkpoint_modules
+        if modules == "all":
+            items = dict(model.checkpoint_items)
+        else:
+            names = [modules] if isinstance(modules, str) else list(modules)
+            items = {name: getattr(model, name) for name in names}
+        assert staged.init_checkpoint is not None
+        restore(tf.train.Checkpoint(**items), staged.init_checkpoint,
+                f"--checkpoint ({self.cfg.fine_tune_type}) {self.cfg.checkpoint}")
+        return f"fine-tuning ({self.cfg.fine_tune_type}) from {self.cfg.checkpoint}"
+
+    def dataset(self, staged: Staged, context: Any) -> Any:
+        from trainer.data import build_dataset
+
+        return build_dataset(self.task, self.task.task_config.train_data, staged.name_to_id,
+                             context, staged.compression, staged.undecodable)
+
+    def replica_step(self, inputs: Any, model: Any, optimizer: Any, metrics: list[Any]) -> Any:
+        return self.task.train_step(inputs, model, optimizer, metrics)
+
+    def evaluate(self, staged: Staged, checkpoint: str) -> dict[str, float]:
+        """COCO metrics and losses of a fresh copy of the model outside the strategy (the other
+        workers may have exited; the distributed model would issue collectives to them)."""
+        import tensorflow as tf
+
+        from trainer.evaluate import evaluate
+
+        model = self.task.build_model()
+        model(tf.zeros([1, self.cfg.image_size, self.cfg.image_size, 3]), training=False)
+        tf.train.Checkpoint(**model.checkpoint_items).read(
+            checkpoint).expect_partial().assert_existing_objects_matched()
+        return evaluate(self.task, model, staged.eval_files, self.cfg.global_batch_size,
+                        staged.name_to_id, staged.eval_compression, staged.undecodable)
+
+    def export(self, staged: Staged, checkpoint: str, dest: Path) -> Path:
+        """A detection SavedModel (``image_tensor`` signature)."""
+        from trainer.export import export_saved_model
+
+        return export_saved_model(self.task, checkpoint, dest)
+
+
+def _freeze_batchnorm(model: Any) -> None:
+    """Non-trainable batch norm runs in inference mode: moving statistics, fixed scales."""
+    import tf_keras
+
+    for layer in model.submodules:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = False
