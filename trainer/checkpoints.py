@@ -73,6 +73,19 @@ def verify(local_prefix: str) -> None:
         raise CheckpointError(first_line(err) or type(err).__name__) from None
 
 
+# Object-graph paths that only the TF Object Detection API's models have.
+OD_API_MARKERS = ("model/_feature_extractor/", "model/_box_predictor/",
+                  "model/_first_stage_", "model/_mask_rcnn_box_predictor/")
+
+
+def is_od_api(local_prefix: str) -> bool:
+    """Whether a checkpoint was written by the OD API (a TF2 Detection Zoo checkpoint)."""
+    import tensorflow as tf
+
+    names = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
+    return any(name.startswith(OD_API_MARKERS) for name in names)
+
+
 def stage_resume(storage: Storage, run_dir: str, dest: Path) -> tuple[int, str] | None:
     """The newest verified checkpoint of ``run_dir`` as ``(step, local prefix)``; None when the
     run directory has no checkpoint. ``LATEST`` is repaired when it named another step; a run

@@ -45,6 +45,12 @@ class DetectionJob:
             except (StorageError, checkpoints.CheckpointError) as err:
                 raise ConfigError(f"--checkpoint {self.cfg.checkpoint}: not a readable "
                                   f"TensorFlow checkpoint ({err})") from None
+            if checkpoints.is_od_api(staged.init_checkpoint):
+                raise ConfigError(
+                    f"--checkpoint {self.cfg.checkpoint}: a TF Object Detection API checkpoint "
+                    "(variables under model/_feature_extractor, model/_box_predictor), which "
+                    "Model Garden's models cannot restore; run the OD API's own trainer with "
+                    "this launcher (command/args: docs/od-api.md)")
         self.task = build_task(self.cfg, self.num_classes,
                                ",".join(str(p) for p in staged.train_files),
                                local_files=len(staged.train_files), sync_bn=True)

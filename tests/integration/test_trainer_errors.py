@@ -73,3 +73,22 @@ def test_checkpoint_of_another_architecture_with_full(gcs: Storage, dataset: dic
     _assert_user_error(result, f"--checkpoint (full) {base_checkpoint} does not fit this model",
                        "when attempting to restore variable", "name ")
     assert latest_step(gcs, run_dir) is None
+
+
+def test_an_od_api_checkpoint_is_refused_with_the_way_to_run_it(
+        gcs: Storage, dataset: dict[str, str], tmp_path: Path) -> None:
+    """A TF2 Detection Zoo checkpoint's layout (the OD API's SSD keeps its parts under
+    model/_feature_extractor and model/_box_predictor) cannot be restored: one line."""
+    import tensorflow as tf
+
+    model = tf.Module()
+    model._feature_extractor = tf.Module()
+    model._feature_extractor.kernel = tf.Variable(tf.zeros([3, 3, 3, 8]))
+    model._box_predictor = tf.Module()
+    model._box_predictor.bias = tf.Variable(tf.zeros([8]))
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "zoo" / "ckpt-0"))
+    run_dir = f"gs://{BUCKET}/err-od-api"
+    result = _trainer("--run-dir", run_dir, "--train", dataset["train"], "--label-map",
+                      dataset["label_map"], "--checkpoint", prefix)
+    _assert_user_error(result, "a TF Object Detection API checkpoint", "docs/od-api.md")
+    assert gcs.list_prefix(f"{run_dir}/checkpoints") == []

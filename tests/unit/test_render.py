@@ -236,3 +236,22 @@ def test_mutable_image_tags_warn(base_spec: dict[str, Any], image: str,
         assert warnings == []
     else:
         assert len(warnings) == 1 and warned in warnings[0]
+
+
+def test_the_od_api_trainer_example_renders_with_the_contract() -> None:
+    """docs/examples/od-api-trainer.yaml (docs/od-api.md): the OD API's own trainer, with
+    TF_CONFIG, the run directory and the exit-code policy of every job."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "examples" / "od-api-trainer.yaml"
+    spec, objects = build_objects(build_spec(yaml.safe_load(path.read_text())), "1.34")
+    validate_objects(objects, "1.31", spec.profile)
+    job = _by_kind(objects)["Job"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][-1].endswith("object_detection/model_main_tf2.py")
+    assert "--num_workers=2" in container["args"] and spec.workers == 2
+    assert "--model_dir=$(LAUNCHER_RUN_DIR)/od-api" in container["args"]
+    names = {e["name"] for e in container["env"]}
+    assert {contract.ENV_TF_CONFIG, contract.ENV_RUN_DIR} <= names
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert any(r["action"] == "Ignore" and r.get("onPodConditions") for r in rules)
