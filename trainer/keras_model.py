@@ -59,6 +59,16 @@ def load(path: Path, uri: str, objects: dict[str, Any], compile: bool = False) -
     import tf_keras
 
     kind = model_format(path, uri)
+    version = saved_by(path, kind)
+    if version and version.split(".")[0] not in ("2", "1"):
+        raise ConfigError(f"--checkpoint {uri}: saved by Keras {version}; the trainer "
+                          "fine-tunes tf-keras (Keras 2) models: save it with tf-keras "
+                          "(import tf_keras, or TF_USE_LEGACY_KERAS=1 before importing "
+                          "TensorFlow) as .h5, .keras or a SavedModel")
+    if kind == "savedmodel" and not (path / "keras_metadata.pb").is_file():
+        raise ConfigError(f"--checkpoint {uri}: a SavedModel without Keras metadata (written "
+                          "by tf.saved_model.save or Keras 3's model.export): it holds no Keras "
+                          "model to fine-tune; save the model with tf-keras' model.save")
     try:
         with tf_keras.utils.custom_object_scope(objects):
             model = tf_keras.models.load_model(str(path), custom_objects=objects,
@@ -81,6 +91,26 @@ def load(path: Path, uri: str, objects: dict[str, Any], compile: bool = False) -
         raise ConfigError(f"--checkpoint {uri}: a SavedModel, but not one saved by Keras "
                           "(no Keras model to fine-tune)")
     return model
+
+
+def saved_by(path: Path, kind: str) -> str | None:
+    """The Keras version that wrote a ``.keras`` or ``.h5`` file, when it says."""
+    import json
+    import zipfile
+
+    try:
+        if kind == "keras":
+            with zipfile.ZipFile(path) as archive:
+                return str(json.loads(archive.read("metadata.json")).get("keras_version"))
+        if kind == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                version = f.attrs.get("keras_version")
+            return version.decode() if isinstance(version, bytes) else version
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None  # load_model names what is wrong with the file
+    return None
 
 
 def _unknown_classes(path: Path, objects: dict[str, Any]) -> list[str]:
@@ -234,9 +264,10 @@ def _head_index(model: Any, uri: str) -> int:
 
 
 def freeze(model: Any, cfg: TrainConfig) -> list[str]:
-    """Freeze what the config says (last N trainable, up to a named layer, or by name pattern);
-    the names of the frozen layers. A spec that names no layer, or leaves nothing to train, is
-    one ``ConfigError`` line."""
+    """Freeze what the config says (the last N top-level layers trainable, every top-level
+    layer up to a named one, or layers at any depth by name pattern); the names of the frozen
+    layers. A spec that names no layer, or leaves nothing to train, is one ``ConfigError``
+    line."""
     layers = model.layers
     names = [layer.name for layer in layers]
     if cfg.trainable_layers is not None:
@@ -252,6 +283,9 @@ def freeze(model: Any, cfg: TrainConfig) -> list[str]:
             raise ConfigError(f"--freeze-until {cfg.freeze_until!r}: no such layer{hint}")
         frozen = layers[:names.index(cfg.freeze_until) + 1]
     else:
+        # Patterns reach into nested models (a Keras Application used as a layer) too.
+        every = list(model._flatten_layers(include_self=False, recursive=True))
+        names = [layer.name for layer in every]
         frozen = []
         for pattern in cfg.freeze_patterns:
             try:
@@ -259,7 +293,7 @@ def freeze(model: Any, cfg: TrainConfig) -> list[str]:
             except re.error as err:
                 raise ConfigError(f"--freeze-pattern {pattern!r}: not a regular expression "
                                   f"({err})") from None
-            matched = [layer for layer in layers if regex.search(layer.name)]
+            matched = [layer for layer in every if regex.search(layer.name)]
             if not matched:
                 raise ConfigError(f"--freeze-pattern {pattern!r}: matches no layer; its "
                                   f"layers: {', '.join(names[:8])}"
