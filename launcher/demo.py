@@ -144,9 +144,6 @@ def demo_spec(workdir: Path, settings: DemoSettings) -> dict[str, Any]:
 def run_demo(workdir: Path, settings: DemoSettings,
              stage: Callable[[str, int], Callable[[int, int], None]]) -> DemoResult:
     """Run the four stages; ``stage(title, total)`` returns a progress callback for it."""
-    from launcher.api import run_local
-    from launcher.spec import SpecSource
-
     prepare(workdir)
     data = workdir / "data"
     logs = workdir / "logs"
@@ -165,15 +162,9 @@ def run_demo(workdir: Path, settings: DemoSettings,
               str(settings.pretrain_steps), "--checkpoint-every", str(settings.pretrain_steps),
               "--no-export", *common], log, "pre-training")
     log.close()
-    spec_file = workdir / "finetune.yaml"
-    spec_file.write_text(yaml.safe_dump(demo_spec(workdir, settings), sort_keys=False))
-    log = StageLog(logs / "finetune.log", stage(
+    spec = _finetune(workdir, demo_spec(workdir, settings), stage(
         f"fine-tune on 2 new classes with {settings.workers} local workers",
         settings.finetune_steps))
-    try:
-        spec = run_local(SpecSource(path=spec_file), out=log)  # type: ignore[arg-type]
-    finally:
-        log.close()
     log = StageLog(logs / "scratch.log", stage("the same training from scratch",
                                                settings.finetune_steps))
     scratch_dir = workdir / "runs" / "from-scratch"
@@ -209,9 +200,6 @@ def keras_demo_spec(workdir: Path, settings: KerasDemoSettings) -> dict[str, Any
 def run_keras_demo(workdir: Path, settings: KerasDemoSettings,
                    stage: Callable[[str, int], Callable[[int, int], None]]) -> DemoResult:
     """The keras demo's three stages; ``stage`` as for ``run_demo``."""
-    from launcher.api import run_local
-    from launcher.spec import SpecSource
-
     prepare(workdir)
     data, logs = workdir / "data", workdir / "logs"
     step_cb = stage("make the data set, pre-train a CNN (3 patterns)", 1)
@@ -219,15 +207,9 @@ def run_keras_demo(workdir: Path, settings: KerasDemoSettings,
     _trainer_module("trainer.synthetic_keras", [str(data), str(settings.image_size)], log)
     step_cb(1, 1)
     log.close()
-    spec_file = workdir / "finetune.yaml"
-    spec_file.write_text(yaml.safe_dump(keras_demo_spec(workdir, settings), sort_keys=False))
-    log = StageLog(logs / "finetune.log", stage(
+    spec = _finetune(workdir, keras_demo_spec(workdir, settings), stage(
         f"fine-tune on 4 patterns with {settings.workers} local workers",
         settings.finetune_steps))
-    try:
-        spec = run_local(SpecSource(path=spec_file), out=log)  # type: ignore[arg-type]
-    finally:
-        log.close()
     log = StageLog(logs / "scratch.log", stage("the same network from scratch",
                                                settings.finetune_steps))
     scratch_dir = workdir / "runs" / "from-scratch"
@@ -243,6 +225,21 @@ def run_keras_demo(workdir: Path, settings: KerasDemoSettings,
     log.close()
     run_dir = Path(spec.job_run_dir)
     return DemoResult(run_dir, _metrics(run_dir), _metrics(scratch_dir))
+
+
+def _finetune(workdir: Path, spec: dict[str, Any], on_step: Callable[[int, int], None]) -> Any:
+    """The fine-tuning stage: ``spec`` written to ``finetune.yaml`` and run by run-local, as a
+    user would; the resolved spec."""
+    from launcher.api import run_local
+    from launcher.spec import SpecSource
+
+    spec_file = workdir / "finetune.yaml"
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    log = StageLog(workdir / "logs" / "finetune.log", on_step)
+    try:
+        return run_local(SpecSource(path=spec_file), out=log)  # type: ignore[arg-type]
+    finally:
+        log.close()
 
 
 def _trainer_module(module: str, args: list[str], log: StageLog) -> None:

@@ -116,3 +116,24 @@ def test_keras_3_files_are_refused_with_what_to_do(tmp_path: Path) -> None:
     model.export(str(tmp_path / "k3_export"))
     with pytest.raises(ConfigError, match="a SavedModel without Keras metadata"):
         load(tmp_path / "k3_export", "k3_export", {})
+
+
+def test_a_model_whose_input_is_not_an_image_is_refused() -> None:
+    import tf_keras
+
+    from trainer.keras_model import input_shape, output_classes
+
+    inputs = tf_keras.Input((10,))
+    vector = tf_keras.Model(inputs, tf_keras.layers.Dense(3)(inputs))
+    with pytest.raises(ConfigError, match=r"input shape \(None, 10\); supported: one image "
+                                          r"input \(batch, height, width, channels\)"):
+        input_shape(vector, 32, "m.h5")
+    images = tf_keras.Input((None, None, 4))
+    four = tf_keras.Model(images, tf_keras.layers.GlobalAveragePooling2D()(images))
+    with pytest.raises(ConfigError, match="supported: 1 or 3 channels"):
+        input_shape(four, 32, "m.h5")
+    open_size = tf_keras.Input((None, None, 3))
+    model = tf_keras.Model(open_size, tf_keras.layers.Dense(2)(
+        tf_keras.layers.GlobalAveragePooling2D()(open_size)))
+    assert input_shape(model, 96, "m.h5") == (96, 96, 3)  # the spec's imageSize
+    assert output_classes(model, "m.h5") == 2
