@@ -11,6 +11,9 @@ from official.vision.tasks import retinanet
 
 from trainer.config import TrainConfig
 
+# Conv weights an OD-API conv_hyperparams initializer draws (biases, batch norm: not).
+KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
 
 class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
     """RetinaNet whose losses are normalised by the positive anchors of the whole global batch,
@@ -23,13 +26,15 @@ class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
 
     Model Garden has one ``norm_activation`` and one L2 weight for the whole network; an OD-API
     config sets the FPN's and the head's separately (``layer_hyperparams``: part -> activation,
-    batch-norm momentum and epsilon, L2), and the backbone's only when it says so.
+    batch-norm momentum and epsilon, L2, kernel initializer), and the backbone's only when it
+    says so.
     """
 
     def __init__(self, params: Any, layer_hyperparams: dict[str, dict[str, Any]] | None = None,
-                 **kwargs: Any) -> None:
+                 seed: int = 0, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         self.layer_hyperparams = dict(layer_hyperparams or {})
+        self.seed = seed
 
     def _part(self, name: str) -> tuple[Any, Any]:
         """(a model config whose norm_activation is this part's, its L2 regularizer)."""
@@ -62,9 +67,27 @@ class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
         config, l2 = self._part("head")
         model = factory.build_retinanet(input_specs=specs, model_config=config,
                                         l2_regularizer=l2, backbone=backbone, decoder=decoder)
+        for part in ("backbone", "decoder", "head"):
+            spec = (self.layer_hyperparams.get(part) or {}).get("initializer")
+            if spec:
+                self._initialize(getattr(model, part), spec)
         if self.task_config.freeze_backbone:
             model.backbone.trainable = False
         return model
+
+    def _initialize(self, part: Any, spec: dict[str, Any]) -> None:
+        """Draw a part's conv kernels from the config's initializer, as the OD API builds them
+        (before any checkpoint is restored: only new layers keep these values). Seeded per
+        kernel, so that every worker draws the same values."""
+        import tf_keras
+
+        kernels = [weight for weight in part.weights
+                   if weight.name.rsplit("/", 1)[-1].split(":")[0] in KERNELS]
+        for index, kernel in enumerate(kernels):
+            initializer = tf_keras.initializers.get({
+                "class_name": spec["class_name"],
+                "config": {**spec["config"], "seed": self.seed * 7919 + index}})
+            kernel.assign(initializer(kernel.shape, dtype=kernel.dtype))
 
     def build_losses(self, outputs: Any, labels: Any, aux_losses: Any = None) -> Any:
         total, cls_loss, box_loss, model_loss = super().build_losses(outputs, labels, aux_losses)
@@ -85,7 +108,8 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
                sync_bn: bool = False) -> GlobalBatchRetinaNetTask:
     """The task for this run: its config (``task_config``) and per-part hyper-parameters."""
     return GlobalBatchRetinaNetTask(task_config(cfg, num_classes, train_glob, local_files,
-                                                sync_bn), layer_hyperparams=cfg.layer_hyperparams)
+                                                sync_bn), layer_hyperparams=cfg.layer_hyperparams,
+                                    seed=cfg.seed)
 
 
 def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,

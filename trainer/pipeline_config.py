@@ -8,9 +8,8 @@ one part of the network (``layer_hyperparams``); a value Model Garden cannot exp
 Unset fields take the OD API's proto defaults, as the OD API would. A field this module does not
 know is refused too (the strict second parse), so nothing in the file is silently ignored.
 
-Two things are reported, not honoured (``differences``; the launcher and the trainer's log print
-them): how freshly created layers are initialised (Model Garden's own initializers) and Model
-Garden's cap of 5000 candidate boxes per class before non-max suppression.
+One thing is reported, not honoured (``differences``; the launcher and the trainer's log print
+it): Model Garden's cap of 5000 candidate boxes per class before non-max suppression.
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ FEATURE_EXTRACTORS = {"ssd_resnet50_v1_fpn_keras": "resnet50",
                       "ssd_mobilenet_v2_fpn_keras": "mobilenetv2"}
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
 ACTIVATIONS = {"RELU": "relu", "RELU_6": "relu6", "SWISH": "swish"}
-# Model Garden's RetinaNet head: a class bias of -log((1 - 0.01) / 0.01), convolutions drawn
-# from N(0, 0.01).
+# Model Garden's RetinaNet head: a class bias of -log((1 - 0.01) / 0.01).
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
-HEAD_INIT_STDDEV = 0.01
 
 
 class PipelineConfigError(ValueError):
@@ -183,9 +180,9 @@ def _model(model: Any, take: Take, refuse: Refuse, differences: list[str]) -> No
     take("num_classes", _opt(ssd, "num_classes"), f"{prefix}.num_classes")
     take("freeze_batchnorm", _opt(ssd, "freeze_batchnorm"), f"{prefix}.freeze_batchnorm")
     _resizer(ssd, prefix, take, refuse)
-    _feature_extractor(ssd, prefix, take, refuse, differences)
+    _feature_extractor(ssd, prefix, take, refuse)
     _anchors(ssd, prefix, take, refuse)
-    _head(ssd, prefix, take, refuse, differences)
+    _head(ssd, prefix, take, refuse)
     _targets(ssd, prefix, take, refuse)
     _losses(ssd, prefix, take, refuse)
     _post_processing(ssd, prefix, take, refuse, differences)
@@ -229,19 +226,31 @@ def _hyperparams(params: Any, path: str, refuse: Refuse) -> dict[str, Any]:
                      "(or the spec's training.freezeBatchnorm) instead")
     # proto defaults: decay 0.999, epsilon 0.001
     return {"activation": ACTIVATIONS[activation], "norm_momentum": _or(norm, "decay", 0.999),
-            "norm_epsilon": _or(norm, "epsilon", 0.001), "l2": l2}
+            "norm_epsilon": _or(norm, "epsilon", 0.001), "l2": l2,
+            "initializer": _initializer(params)}
 
 
-def _initializer(params: Any) -> str | None:
+def _initializer(params: Any) -> dict[str, Any] | None:
+    """The conv kernels' initializer as a tf-keras initializer config (the OD API builds the
+    same ones); None: the layer's own (Model Garden's)."""
     chosen = _chosen(params.initializer)
+    init = params.initializer
     if chosen in ("truncated_normal_initializer", "random_normal_initializer"):
-        normal = getattr(params.initializer, chosen)
-        return f"{chosen}(mean {_or(normal, 'mean', 0.0)}, stddev {_or(normal, 'stddev', 1.0)})"
-    return chosen
+        normal = getattr(init, chosen)
+        name = "TruncatedNormal" if chosen.startswith("truncated") else "RandomNormal"
+        return {"class_name": name, "config": {"mean": _or(normal, "mean", 0.0),
+                                               "stddev": _or(normal, "stddev", 1.0)}}
+    if chosen == "variance_scaling_initializer":
+        scaling = init.variance_scaling_initializer  # proto defaults: 2.0, FAN_IN, false
+        return {"class_name": "VarianceScaling", "config": {
+            "scale": _or(scaling, "factor", 2.0), "mode": _enum(scaling, "mode").lower(),
+            "distribution": "uniform" if scaling.uniform else "truncated_normal"}}
+    if chosen == "keras_initializer_by_name":
+        return {"class_name": init.keras_initializer_by_name, "config": {}}
+    return None
 
 
-def _feature_extractor(ssd: Any, prefix: str, take: Take, refuse: Refuse,
-                       differences: list[str]) -> None:
+def _feature_extractor(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
     extractor = ssd.feature_extractor
     path = f"{prefix}.feature_extractor"
     if _opt(extractor, "depth_multiplier") not in (None, 1.0):
@@ -264,11 +273,6 @@ def _feature_extractor(ssd: Any, prefix: str, take: Take, refuse: Refuse,
         if _opt(extractor, "override_base_feature_extractor_hyperparams"):
             take("layer_hyperparams.backbone", params,
                  f"{path}.override_base_feature_extractor_hyperparams")
-        init = _initializer(extractor.conv_hyperparams)
-        if init:
-            differences.append(f"{where}.initializer {init}: layers created new (not restored "
-                               "from the checkpoint) start from Model Garden's FPN initializer "
-                               "(variance scaling)")
 
 
 def _anchors(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
@@ -301,7 +305,7 @@ def _anchors(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
          f"{path}.scales_per_octave")
 
 
-def _head(ssd: Any, prefix: str, take: Take, refuse: Refuse, differences: list[str]) -> None:
+def _head(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:
     if not ssd.box_predictor.HasField("weight_shared_convolutional_box_predictor"):
         return
     head = ssd.box_predictor.weight_shared_convolutional_box_predictor
@@ -327,11 +331,6 @@ def _head(ssd: Any, prefix: str, take: Take, refuse: Refuse, differences: list[s
     if head.HasField("conv_hyperparams"):
         where = f"{path}.conv_hyperparams"
         take("layer_hyperparams.head", _hyperparams(head.conv_hyperparams, where, refuse), where)
-        init = _initializer(head.conv_hyperparams)
-        expected = f"random_normal_initializer(mean 0.0, stddev {HEAD_INIT_STDDEV})"
-        if init and init != expected:
-            differences.append(f"{where}.initializer {init}: new head layers start from Model "
-                               f"Garden's {expected} (box predictor: stddev 1e-5)")
 
 
 def _targets(ssd: Any, prefix: str, take: Take, refuse: Refuse) -> None:

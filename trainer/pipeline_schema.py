@@ -44,9 +44,11 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
     "Weight": [("weight", "float", False)],
     "Initializer": [("truncated_normal_initializer", "Normal", False),
                     ("random_normal_initializer", "Normal", False),
-                    ("variance_scaling_initializer", "Any", False),
+                    ("variance_scaling_initializer", "VarianceScaling", False),
                     ("keras_initializer_by_name", "string", False)],
     "Normal": [("mean", "float", False), ("stddev", "float", False)],
+    "VarianceScaling": [("factor", "float", False), ("uniform", "bool", False),
+                        ("mode", "FanMode", False)],
     "BatchNorm": [("decay", "float", False), ("epsilon", "float", False),
                   ("scale", "bool", False), ("center", "bool", False), ("train", "bool", False)],
     "BoxPredictor": [("weight_shared_convolutional_box_predictor", "WeightShared", False),
@@ -145,6 +147,7 @@ ENUMS: dict[str, list[str]] = {
     "Activation": ["NONE", "RELU", "RELU_6", "SWISH"],
     "ScoreConverter": ["IDENTITY", "SIGMOID", "SOFTMAX"],
     "CheckpointVersion": ["UNKNOWN", "V1", "V2"],
+    "FanMode": ["FAN_IN", "FAN_OUT", "FAN_AVG"],
 }
 PACKAGE = "tf_finetune_od"
 _SCALARS = ("int32", "int64", "float", "string", "bool")

@@ -64,6 +64,20 @@ def test_fpnlite_config_builds_that_network(tmp_path: Path) -> None:
     assert model.head.get_config()["activation"] == "relu6"
     assert model.decoder.get_config()["activation"] == "relu6"
     assert model.losses, "the config's L2 weight should add regularisation losses"
+    # Kernels drawn from the config's initializers (FPN: truncated normal 0.03; head: normal
+    # 0.01), the same on every worker: seeded, so a second build draws the same values.
+    import numpy as np
+
+    def kernels(part):
+        return [w.numpy() for w in part.weights if "kernel" in w.name.rsplit("/", 1)[-1]]
+
+    fpn = np.concatenate([k.ravel() for k in kernels(model.decoder)])
+    assert 0.02 < fpn.std() < 0.03 and np.abs(fpn).max() <= 0.06 + 1e-6  # truncated at 2 sd
+    head = np.concatenate([k.ravel() for k in kernels(model.head)])
+    assert 0.008 < head.std() < 0.012
+    again = task.build_model()
+    assert all(np.array_equal(a, b) for a, b in zip(kernels(model.decoder),
+                                                    kernels(again.decoder), strict=True))
 
 
 def test_resnet_backbone_keeps_its_own_definition_without_override(tmp_path: Path) -> None:

@@ -421,10 +421,13 @@ def test_targets_losses_and_post_processing_are_honoured(tmp_path) -> None:
 def test_conv_hyperparameters_reach_the_parts_they_govern(tmp_path) -> None:
     flags = ["--checkpoint", "/c", "--label-map", "/lm", "--train", "/t", "--eval", "/e"]
     cfg = _cfg(retinanet(), tmp_path, *flags)
-    expected = {"activation": "relu6", "norm_momentum": 0.997, "norm_epsilon": 0.001,
-                "l2": 0.0004}
-    assert cfg.layer_hyperparams == {"head": expected, "decoder": expected,
-                                     "backbone": expected}
+    common = {"activation": "relu6", "norm_momentum": 0.997, "norm_epsilon": 0.001,
+              "l2": 0.0004}
+    fpn = {**common, "initializer": {"class_name": "TruncatedNormal",
+                                     "config": {"mean": 0.0, "stddev": 0.03}}}
+    head = {**common, "initializer": {"class_name": "RandomNormal",
+                                      "config": {"mean": 0.0, "stddev": 0.01}}}
+    assert cfg.layer_hyperparams == {"head": head, "decoder": fpn, "backbone": fpn}
     assert cfg.sources["layer_hyperparams.backbone"] == ("pipeline.config:model.ssd."
                                                          "feature_extractor.override_base_"
                                                          "feature_extractor_hyperparams")
@@ -437,10 +440,16 @@ def test_conv_hyperparameters_reach_the_parts_they_govern(tmp_path) -> None:
                                              "add_regularization_loss: false"), tmp_path, *flags)
     assert {p["l2"] for p in unregularized.layer_hyperparams.values()} == {0.0}
     assert unregularized.model_garden["losses.l2_weight_decay"] == 0.0
-    # Initializers of freshly created layers are Model Garden's: said, in config.json and logs.
-    assert any("truncated_normal_initializer(mean 0.0, stddev 0.03)" in line
-               for line in cfg.differences)
-    assert not any("box_predictor" in line and "initializer" in line for line in cfg.differences)
+    scaled = _cfg(retinanet().replace(
+        "truncated_normal_initializer {\n              stddev: 0.03\n              mean: 0.0\n"
+        "            }",
+        "variance_scaling_initializer { factor: 1.0 mode: FAN_AVG uniform: true }"),
+        tmp_path, *flags)
+    assert scaled.layer_hyperparams["decoder"]["initializer"] == {
+        "class_name": "VarianceScaling",
+        "config": {"scale": 1.0, "mode": "fan_avg", "distribution": "uniform"}}
+    # What stays Model Garden's is said, in config.json and the logs: the pre-NMS cap only.
+    assert len(cfg.differences) == 1 and "5000 best-scoring boxes" in cfg.differences[0]
 
 
 @pytest.mark.parametrize(("change", "field", "supported"), [

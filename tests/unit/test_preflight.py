@@ -46,8 +46,8 @@ def test_a_zoo_config_with_its_paths_filled_in_validates(tmp_path: Path) -> None
     assert code == 0, err
     assert out.startswith("ok: det")
     # What Model Garden does its own way is said before anything runs.
-    assert "warning: model.pipelineConfig model.ssd.feature_extractor.conv_hyperparams." \
-           "initializer truncated_normal_initializer(mean 0.0, stddev 0.03)" in err
+    assert "warning: model.pipelineConfig model.ssd.post_processing.batch_non_max_" \
+           "suppression: Model Garden keeps the 5000 best-scoring boxes per class" in err
 
 
 def test_refusals_reach_validate_as_one_line(tmp_path: Path) -> None:
