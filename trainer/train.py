@@ -248,6 +248,8 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
 
 # Eval and export on the chief take minutes on a large eval set; its peers wait that long.
 EXIT_BARRIER_TIMEOUT_MS = 6 * 3600 * 1000
+# How long the chief outlasts its peers after the exit barrier (their teardown takes ~1 s).
+EXIT_GRACE_S = 3.0
 
 
 def _stop_preemption_watchers(handler: Any) -> None:
@@ -275,6 +277,12 @@ def _leave_together(cluster: ClusterInfo) -> None:
             log.warning("the chief did not finish cleanly: %s", first_line(err))
             return
         raise
+    if cluster.is_chief:
+        # The chief hosts the coordination service. Leaving at once would make a peer that is
+        # still shutting down report a failed heartbeat ("CoordinationService/Heartbeat ...
+        # UNAVAILABLE"); the service cannot tell when a peer's process is gone (its task state
+        # stays OK until the heartbeat timeout), so give them a moment to go first.
+        time.sleep(EXIT_GRACE_S)
 
 
 def _record_config(cfg: TrainConfig, storage: Storage) -> None:
