@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from launcher import contract
@@ -173,9 +174,9 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
             if cfg.label_map else None
         if cfg.task == "keras":
             resolve_keras_classes(cfg, labels)
-            if not storage.glob(cfg.checkpoint or "") and not storage.list_prefix(
-                    cfg.checkpoint or ""):
-                return [Check("error", f"model.checkpoint: {cfg.checkpoint} not found")]
+            problem = _keras_model_problem(storage, cfg.checkpoint or "")
+            if problem:
+                return [Check("error", f"model.checkpoint: {problem}")]
         else:
             resolve_num_classes(cfg, labels)
         checks = [Check("warning", f"model.pipelineConfig {line}") for line in cfg.differences]
@@ -191,6 +192,31 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
     except Exception as err:  # no credentials, no network: say so and let the user decide
         return [Check("warning", f"inputs not checked: {type(err).__name__}: "
                                  f"{first_line(err, 120)}")]
+
+
+def _keras_model_problem(storage: Any, uri: str) -> str | None:
+    """What the trainer would refuse about a Keras model file, found without TensorFlow: a
+    missing file, an unknown format, a Keras 3 file (local files only: no download here)."""
+    from trainer.config import ConfigError
+    from trainer.keras_model import FORMATS, check_file
+
+    is_file = uri.lower().endswith(tuple(FORMATS))
+    if is_file and not storage.glob(uri):
+        return f"{uri} not found"
+    if not is_file:
+        names = {item.rsplit("/", 1)[-1] for item in storage.list_prefix(uri)}
+        if not names:
+            return f"{uri} not found"
+        if "saved_model.pb" not in names:
+            return (f"{uri}: neither a .h5 or .keras file nor a SavedModel directory "
+                    "(no saved_model.pb)")
+    if uri.startswith("gs://"):
+        return None
+    try:
+        check_file(Path(uri), uri)
+    except ConfigError as err:
+        return str(err).removeprefix("--checkpoint ")
+    return None
 
 
 def _owner(job: dict[str, Any]) -> dict[str, Any]:

@@ -58,13 +58,7 @@ def load(path: Path, uri: str, objects: dict[str, Any], compile: bool = False) -
     was not given, is one ``ConfigError`` line."""
     import tf_keras
 
-    kind = model_format(path, uri)
-    version = saved_by(path, kind)
-    if version and version.split(".")[0] not in ("2", "1"):
-        raise ConfigError(f"--checkpoint {uri}: saved by Keras {version}; the trainer "
-                          "fine-tunes tf-keras (Keras 2) models: save it with tf-keras "
-                          "(import tf_keras, or TF_USE_LEGACY_KERAS=1 before importing "
-                          "TensorFlow) as .h5, .keras or a SavedModel")
+    kind = check_file(path, uri)
     if kind == "savedmodel" and not (path / "keras_metadata.pb").is_file():
         raise ConfigError(f"--checkpoint {uri}: a SavedModel without Keras metadata (written "
                           "by tf.saved_model.save or Keras 3's model.export): it holds no Keras "
@@ -91,6 +85,19 @@ def load(path: Path, uri: str, objects: dict[str, Any], compile: bool = False) -
         raise ConfigError(f"--checkpoint {uri}: a SavedModel, but not one saved by Keras "
                           "(no Keras model to fine-tune)")
     return model
+
+
+def check_file(path: Path, uri: str) -> str:
+    """The file's format (``model_format``), refusing one written by Keras 3; reads no more
+    than the file's metadata (no TensorFlow)."""
+    kind = model_format(path, uri)
+    version = saved_by(path, kind)
+    if version and version.split(".")[0] not in ("2", "1"):
+        raise ConfigError(f"--checkpoint {uri}: saved by Keras {version}; the trainer "
+                          "fine-tunes tf-keras (Keras 2) models: save it with tf-keras "
+                          "(import tf_keras, or TF_USE_LEGACY_KERAS=1 before importing "
+                          "TensorFlow) as .h5, .keras or a SavedModel")
+    return kind
 
 
 def saved_by(path: Path, kind: str) -> str | None:

@@ -73,3 +73,34 @@ def test_without_a_config_the_spec_still_needs_checkpoint_and_data() -> None:
     with pytest.raises(SpecError) as err:
         build_spec(raw)
     assert err.value.field == "model.checkpoint"
+
+
+def _validate_keras(tmp_path: Path, checkpoint: Path) -> tuple[int, str]:
+    (tmp_path / "train-0.tfrecord").write_bytes(b"")
+    raw = copy.deepcopy(BASE_SPEC)
+    raw.update(runDir=str(tmp_path / "runs"), data={"train": [str(tmp_path / "train-*")]})
+    raw["model"] = {"task": "keras", "checkpoint": str(checkpoint), "numClasses": 3}
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    return result.exit_code, result.stderr
+
+
+def test_a_keras_model_the_trainer_would_refuse_is_refused_by_validate(tmp_path: Path) -> None:
+    """Without TensorFlow: only the file's metadata is read."""
+    import h5py
+
+    code, err = _validate_keras(tmp_path, tmp_path / "missing.h5")
+    assert code == 2 and "model.checkpoint: " in err and "missing.h5 not found" in err
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "model.onnx").write_bytes(b"\x08")
+    code, err = _validate_keras(tmp_path, tmp_path / "exported")
+    assert code == 2 and "no saved_model.pb" in err
+    with h5py.File(tmp_path / "keras3.h5", "w") as f:
+        f.attrs["keras_version"] = "3.4.1"
+    code, err = _validate_keras(tmp_path, tmp_path / "keras3.h5")
+    assert code == 2 and "saved by Keras 3.4.1" in err and err.count("\n") == 1
+    with h5py.File(tmp_path / "keras2.h5", "w") as f:
+        f.attrs["keras_version"] = "2.15.0"
+    code, err = _validate_keras(tmp_path, tmp_path / "keras2.h5")
+    assert code == 0, err
