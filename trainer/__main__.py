@@ -47,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             cluster_mod.export_tf_config(info)
         from trainer.train import train
 
-        return train(cfg, info, labels, num_classes, storage)
+        code = train(cfg, info, labels, num_classes, storage)
+        if info.workers and code == contract.EXIT_OK:
+            # Every worker has passed the exit barrier with nothing left to do: leave at once,
+            # before TensorFlow's slow teardown gives a peer's coordination client time to
+            # report this one as crashed (see trainer.train._leave_together).
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
     except (ConfigError, StorageError, cluster_mod.ClusterError) as err:
         log.error("error: %s", err)
         return contract.EXIT_USER_ERROR

@@ -166,9 +166,12 @@ def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
     through ``SystemExit`` included."""
     scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))
     try:
-        return _train(cfg, cluster, make_job(cfg, labels, num_classes), storage, scratch)
+        code = _train(cfg, cluster, make_job(cfg, labels, num_classes), storage, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if code == contract.EXIT_OK and cluster.workers:
+        _leave_together(cluster)  # last: the caller exits straight after it
+    return code
 
 
 def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
@@ -240,16 +243,12 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
         finish(run, staged)
     if handler is not None:
         _stop_preemption_watchers(handler)
-    if cluster.workers:
-        _leave_together(cluster)
     log.info("done: %d steps, checkpoints in %s", step, checkpoints.checkpoints_dir(cfg.run_dir))
     return contract.EXIT_OK
 
 
 # Eval and export on the chief take minutes on a large eval set; its peers wait that long.
 EXIT_BARRIER_TIMEOUT_MS = 6 * 3600 * 1000
-# How long the chief outlasts its peers after the exit barrier (their teardown takes ~1 s).
-EXIT_GRACE_S = 3.0
 
 
 def _stop_preemption_watchers(handler: Any) -> None:
@@ -264,10 +263,12 @@ def _stop_preemption_watchers(handler: Any) -> None:
 
 
 def _leave_together(cluster: ClusterInfo) -> None:
-    """Wait, on the coordination service, until every worker is done (the chief after eval and
-    export), so that all leave at once. A worker that left early would be reported by the chief's
-    coordination service as crashed ("The tasks have crashed ... CoordinationServiceError"),
-    which reads as a failure of a run that succeeded."""
+    """Wait, on the coordination service, until every worker is done (the chief after eval,
+    export and cleaning up), so that all leave at once: ``python -m trainer`` exits straight
+    after this (``os._exit``). TensorFlow's coordination service has no clean goodbye: a worker
+    that leaves while the chief (which hosts the service) lives is reported as crashed ("The
+    tasks have crashed ... CoordinationServiceError"), and a worker that outlives the chief
+    reports a failed heartbeat; either reads as a failure of a run that succeeded."""
     from tensorflow.python.eager import context
 
     try:
@@ -277,12 +278,6 @@ def _leave_together(cluster: ClusterInfo) -> None:
             log.warning("the chief did not finish cleanly: %s", first_line(err))
             return
         raise
-    if cluster.is_chief:
-        # The chief hosts the coordination service. Leaving at once would make a peer that is
-        # still shutting down report a failed heartbeat ("CoordinationService/Heartbeat ...
-        # UNAVAILABLE"); the service cannot tell when a peer's process is gone (its task state
-        # stays OK until the heartbeat timeout), so give them a moment to go first.
-        time.sleep(EXIT_GRACE_S)
 
 
 def _record_config(cfg: TrainConfig, storage: Storage) -> None:
