@@ -59,9 +59,12 @@ class DetectionJob:
     def build(self, staged: Staged, mixed: bool) -> tuple[Any, dict[str, Any], Any, list[Any]]:
         """Under the strategy's scope: model, its checkpoint items, optimizer, metrics."""
         import tensorflow as tf
+        import tf_keras
 
         from trainer.optim import sgd
 
+        # New layers (the head of a detection fine-tune) start the same in every run of a seed.
+        tf_keras.utils.set_random_seed(self.cfg.seed)
         model = self.task.build_model()
         model(tf.zeros([1, self.cfg.image_size, self.cfg.image_size, 3]), training=False)
         if self.cfg.freeze_batchnorm:

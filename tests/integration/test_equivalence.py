@@ -79,3 +79,20 @@ def _weights_at(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndarray
         gcs.download(uri, local / uri.rsplit("/", 1)[1])
     reader = tf.train.load_checkpoint(str(local / f"ckpt-{step}"))
     return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
+
+
+def test_the_same_seed_trains_the_same_new_head(gcs: Storage, dataset: dict[str, str],
+                                                base_checkpoint: str) -> None:
+    """A detection fine-tune starts its new head from the seed: two runs log the same losses."""
+    import re
+
+    logs = []
+    for run in ("seed-a", "seed-b"):
+        args = _args(f"gs://{BUCKET}/{run}", dataset, base_checkpoint)
+        args[args.index("full")] = "detection"
+        args[args.index("--steps") + 1] = args[args.index("--checkpoint-every") + 1] = "2"
+        result = subprocess.run([*args, "--log-every", "1"], env=trainer_env(),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        logs.append(re.findall(r"step \d/2 loss (\S+) cls (\S+) box (\S+)", result.stdout))
+    assert len(logs[0]) == 2 and logs[0] == logs[1]
