@@ -55,3 +55,26 @@ def trainer(args: list[str], threads: int | None = None) -> tuple[float, list[tu
     if proc.wait() != 0:
         raise SystemExit("trainer failed:\n" + "\n".join(line for _, line in lines[-20:]))
     return time.perf_counter() - start, lines
+
+
+def compare_curves(fine: dict[int, float], scratch: dict[int, float], what: str) -> None:
+    """Print two loss curves side by side, and how many steps the fine-tune needs to reach
+    scratch's final ``what`` (a ratio of steps), and scratch for the fine-tune's early one."""
+    print(f"{'step':>5} {'fine-tuned':>11} {'from scratch':>13}   ({what})")
+    for step in sorted(fine):
+        print(f"{step:5d} {fine[step]:11.4f} {scratch.get(step, float('nan')):13.4f}")
+    last = max(scratch)
+    target = scratch[last]
+    reached = next((s for s in sorted(fine) if fine[s] <= target), None)
+    if reached is None:
+        print(f"the fine-tune never reached scratch's final {what} {target:.4f} (step {last})")
+    else:
+        print(f"the fine-tune reaches scratch's final {what} {target:.4f} (step {last}) at "
+              f"step {reached}: {reached / last:.2f}x the steps")
+    early = min(fine, key=lambda s: abs(s - last // 3))
+    caught = next((s for s in sorted(scratch) if scratch[s] <= fine[early]), None)
+    if caught is None:
+        print(f"scratch never reached the fine-tune's step-{early} {what} {fine[early]:.4f}")
+    else:
+        print(f"scratch needs {caught} steps for the fine-tune's step-{early} {what} "
+              f"{fine[early]:.4f}: {caught / early:.2f}x the steps")

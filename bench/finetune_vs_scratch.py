@@ -13,7 +13,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from _common import make_data, trainer
+from _common import compare_curves, make_data, trainer
 
 LOSS = re.compile(r"step (\d+)/\d+ loss (\S+)")
 
@@ -41,18 +41,7 @@ def main() -> None:
         _, fine_lines = trainer(["--run-dir", str(root / "fine"), "--checkpoint",
                                  str(root / "base"), "--fine-tune-type", "detection", *task])
         _, scratch_lines = trainer(["--run-dir", str(root / "scratch"), *task])
-    fine, scratch = _curve(fine_lines), _curve(scratch_lines)
-    print(f"{'step':>5} {'fine-tuned':>11} {'from scratch':>13}")
-    for step in sorted(fine):
-        print(f"{step:5d} {fine[step]:11.4f} {scratch.get(step, float('nan')):13.4f}")
-    target = scratch[max(scratch)]
-    reached = next((s for s in sorted(fine) if fine[s] <= target), None)
-    if reached is None:
-        print(f"fine-tune never reached scratch's final loss {target:.4f}")
-    else:
-        print(f"fine-tune reaches scratch's final loss ({target:.4f} at step {max(scratch)}) at "
-              f"step {reached}: {max(scratch) / reached:.1f}x fewer steps")
-
+    compare_curves(_curve(fine_lines), _curve(scratch_lines), "train loss")
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import trainer
+from _common import compare_curves, trainer
 
 
 def _eval_losses(run_dir: Path, model_file: Path, data: Path, every: int,
@@ -69,27 +69,7 @@ def main() -> None:
             trainer(["--run-dir", str(run_dir), "--checkpoint", str(model), *extra, *common],
                     threads=1)
             curves[name] = _eval_losses(run_dir, model, data, args.every, args.steps)
-    fine, scratch = curves["fine-tuned"], curves["from scratch"]
-    print(f"{'step':>5} {'fine-tuned':>11} {'from scratch':>13}   (eval loss)")
-    for step in sorted(fine):
-        print(f"{step:5d} {fine[step]:11.4f} {scratch[step]:13.4f}")
-    target = scratch[max(scratch)]
-    reached = next((s for s in sorted(fine) if fine[s] <= target), None)
-    if reached is None:
-        print(f"the fine-tune did not reach scratch's final eval loss {target:.4f} "
-              f"in {args.steps} steps")
-    else:
-        print(f"fine-tune reaches scratch's final eval loss {target:.4f} at step {reached} of "
-              f"{args.steps}: {reached / args.steps:.2f}x the steps")
-    # And the other way round: how long scratch needs for what the fine-tune has early on.
-    early = min(fine, key=lambda s: abs(s - args.steps // 3))
-    caught = next((s for s in sorted(scratch) if scratch[s] <= fine[early]), None)
-    if caught is None:
-        print(f"scratch never reached the fine-tune's step-{early} eval loss {fine[early]:.4f}")
-    else:
-        print(f"scratch needs {caught} steps for the fine-tune's step-{early} eval loss "
-              f"{fine[early]:.4f}: {caught / early:.2f}x the steps")
-
+    compare_curves(curves["fine-tuned"], curves["from scratch"], "eval loss")
 
 if __name__ == "__main__":
     main()
