@@ -94,12 +94,8 @@ class KerasJob:
         try:
             if not uri.endswith("/") and storage.exists(uri):
                 return storage.download(uri, dest / name)
-            items = storage.list_prefix(uri)
-            if not items:
+            if not storage.download_tree(uri, dest / name):
                 raise ConfigError(f"--checkpoint {uri}: not found")
-            prefix = uri.rstrip("/") + "/"
-            for item in items:
-                storage.download(item, dest / name / item[len(prefix):])
         except StorageError as err:
             raise ConfigError(f"--checkpoint {uri}: {err}") from None
         return dest / name

@@ -165,6 +165,15 @@ class Storage:
         with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
             return list(pool.map(self.download, uris, targets))
 
+    def download_tree(self, uri: str, directory: Path) -> list[Path]:
+        """Download every object or file under ``uri`` (a directory) into ``directory`` in
+        parallel, keeping relative paths (``upload_tree``'s inverse); the local paths."""
+        prefix = uri.rstrip("/") + "/"
+        uris = self.list_prefix(uri)
+        targets = [directory / item[len(prefix):] for item in uris]
+        with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
+            return list(pool.map(self.download, uris, targets))
+
     def upload(self, src: Path, uri: str) -> None:
         """Copy a local file to ``uri``."""
         if is_gcs(uri):

@@ -73,12 +73,6 @@ def _spec(path: Path, data: dict[str, Any], model: str, keras: dict[str, Any] | 
     return path
 
 
-def _download(gcs: Storage, uri: str, local: Path) -> Path:
-    for item in gcs.list_prefix(uri):
-        gcs.download(item, local / item[len(uri) + 1:])
-    return local
-
-
 def _weights(model: Any) -> dict[str, np.ndarray]:
     return {w.name: w.numpy() for w in model.weights}
 
@@ -104,7 +98,8 @@ def test_two_workers_fine_tune_each_format(tmp_path: Path, gcs: Storage,
     assert 0.0 <= metrics["eval"]["accuracy"] <= 1.0 and metrics["eval"]["loss"] > 0
     config = json.loads(gcs.read_text(f"{run_dir}/{contract.RUN_TRAINER_CONFIG}"))
     assert config["task"] == "keras" and config["trainable_layers"] == 2
-    local = _download(gcs, f"{run_dir}/{contract.RUN_EXPORT}", tmp_path / "export")
+    local = tmp_path / "export"
+    gcs.download_tree(f"{run_dir}/{contract.RUN_EXPORT}", local)
     assert (local / "saved_model" / "saved_model.pb").is_file()
     tuned = tf_keras.models.load_model(str(local / exported))
     assert tuned.output_shape == (None, 4)
@@ -144,10 +139,10 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    one = _weights(tf_keras.models.load_model(str(_download(
-        gcs, f"{single}/{contract.RUN_EXPORT}", tmp_path / "one") / "model.h5")))
-    two = _weights(tf_keras.models.load_model(str(_download(
-        gcs, f"{double}/{contract.RUN_EXPORT}", tmp_path / "two") / "model.h5")))
+    for run, local in ((single, tmp_path / "one"), (double, tmp_path / "two")):
+        gcs.download_tree(f"{run}/{contract.RUN_EXPORT}", local)
+    one = _weights(tf_keras.models.load_model(str(tmp_path / "one" / "model.h5")))
+    two = _weights(tf_keras.models.load_model(str(tmp_path / "two" / "model.h5")))
     base = keras_data["base"]
     assert one.keys() == two.keys()
     assert not np.allclose(one["conv2/kernel:0"], base["conv2/kernel:0"], atol=1e-4)

@@ -44,6 +44,23 @@ def test_parallel_download_and_missing_objects(gcs: Storage, tmp_path: Path) -> 
         gcs.download(f"gs://{BUCKET}/dl/missing", tmp_path / "missing")
 
 
+@pytest.mark.parametrize("where", ["gcs", "local"])
+def test_a_tree_downloads_as_it_was_uploaded(gcs: Storage, tmp_path: Path, where: str) -> None:
+    """A SavedModel-shaped directory: nested files keep their relative paths both ways."""
+    tree = tmp_path / "saved_model"
+    for name in ("saved_model.pb", "variables/variables.index",
+                 "variables/variables.data-00000-of-00001", "assets/vocab.txt"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(f"content of {name}")
+    uri = f"gs://{BUCKET}/tree/saved_model" if where == "gcs" else str(tmp_path / "copy")
+    gcs.upload_tree(tree, uri)
+    paths = gcs.download_tree(uri + "/", tmp_path / "back")
+    got = {str(p.relative_to(tmp_path / "back")): p.read_text() for p in paths}
+    assert got == {str(p.relative_to(tree)): p.read_text() for p in tree.rglob("*")
+                   if p.is_file()}
+    assert gcs.download_tree(f"{uri}-missing", tmp_path / "none") == []
+
+
 def _fake_checkpoint(directory: Path, name: str) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.index").write_text(f"index of {name}")

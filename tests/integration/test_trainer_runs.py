@@ -88,8 +88,7 @@ def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
 
 def _check_saved_model(gcs: Storage, uri: str, local: Path) -> None:
     """The exported model loads and detects on a uint8 image batch."""
-    for item in gcs.list_prefix(uri):
-        gcs.download(item, local / item[len(uri) + 1:])
+    gcs.download_tree(uri, local)
     code = ("import sys, numpy as np, tensorflow as tf\n"
             "m = tf.saved_model.load(sys.argv[1])\n"
             "f = m.signatures['serving_default']\n"
