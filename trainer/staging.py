@@ -30,7 +30,6 @@ class Staged:
     init_checkpoint: str | None = None  # local path of what the run fine-tunes from
     resume_checkpoint: str | None = None  # local prefix of the run's own newest checkpoint
     resume_step: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)  # a task's own (e.g. the model's shape)
 
 
 def expand(storage: Storage, patterns: list[str], flag: str) -> list[str]:
@@ -89,17 +88,17 @@ def _checked(staged: Staged, paths: list[Path], scan: Scan, cfg: TrainConfig,
     return "GZIP" if report.compressed else ""
 
 
-def stage_resume(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scratch: Path,
-                 staged: Staged) -> None:
-    """The run's own newest complete checkpoint, if any (``LATEST`` repaired by the chief)."""
+def stage_resume(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo,
+                 scratch: Path) -> tuple[int, str] | None:
+    """The run's own newest complete checkpoint as ``(step, local prefix)``, if any
+    (``LATEST`` repaired by the chief)."""
     try:
         resume = checkpoints.stage_resume(storage, cfg.run_dir, scratch / "resume")
     except checkpoints.CheckpointError as err:
         raise ConfigError(str(err)) from None
-    if resume is not None:
-        staged.resume_step, staged.resume_checkpoint = resume
-        if cluster.is_chief:
-            checkpoints.repair_pointer(storage, cfg.run_dir, staged.resume_step)
+    if resume is not None and cluster.is_chief:
+        checkpoints.repair_pointer(storage, cfg.run_dir, resume[0])
+    return resume
 
 
 def restore(checkpoint: Any, prefix: str, what: str) -> None:

@@ -181,10 +181,10 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures collectives at
     # start-up, and staging reads records and checkpoints with TensorFlow.
     strategy = make_strategy(cluster)
-    resume = Staged([])
-    stage_resume(cfg, storage, cluster, scratch, resume)
-    staged = job.stage(storage, cluster, scratch, resuming=resume.resume_checkpoint is not None)
-    staged.resume_step, staged.resume_checkpoint = resume.resume_step, resume.resume_checkpoint
+    resume = stage_resume(cfg, storage, cluster, scratch)
+    staged = job.stage(storage, cluster, scratch, resuming=resume is not None)
+    if resume is not None:
+        staged.resume_step, staged.resume_checkpoint = resume
     if cluster.is_chief:
         _record_config(cfg, storage)
     run = build(cfg, cluster, job, storage, staged, scratch, strategy)
