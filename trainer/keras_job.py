@@ -41,6 +41,7 @@ class KerasJob:
         self.compiled = keras_model.Compiled()
         self.loss = ""
         self.from_logits = False
+        self._final: tuple[str, Any] | None = None  # (checkpoint, model) for eval and export
 
     def stage(self, storage: Storage, cluster: ClusterInfo, scratch: Path,
               resuming: bool) -> Staged:
@@ -171,12 +172,15 @@ class KerasJob:
 
     def _restored(self, staged: Staged, checkpoint: str) -> Any:
         """A fresh copy of the trained model outside the strategy (the other workers may have
-        exited; the distributed model would issue collectives to them)."""
+        exited; the distributed model would issue collectives to them), loaded once for eval
+        and export alike."""
         import tensorflow as tf
 
-        model, _ = self._model(staged)
-        restore(tf.train.Checkpoint(model=model), checkpoint, f"checkpoint {checkpoint}")
-        return model
+        if self._final is None or self._final[0] != checkpoint:
+            model, _ = self._model(staged)
+            restore(tf.train.Checkpoint(model=model), checkpoint, f"checkpoint {checkpoint}")
+            self._final = (checkpoint, model)
+        return self._final[1]
 
     def evaluate(self, staged: Staged, checkpoint: str) -> dict[str, float]:
         """Mean loss, accuracy and (with more than 5 classes) top-5 accuracy over every usable
