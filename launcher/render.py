@@ -94,25 +94,23 @@ def trainer_args(spec: JobSpec) -> list[str]:
 
 
 def _keras_args(k: Any) -> list[str]:
-    """The keras task's flags (``trainer.config``), defaults left out."""
+    """The keras task's flags (``trainer.config``), values at the spec's defaults left out."""
+    default, features = type(k)(), type(k.features)()
+    values: list[tuple[str, Any, Any]] = [
+        ("--trainable-layers", k.trainable_layers, None), ("--freeze-until", k.freeze_until, None),
+        ("--loss", k.loss, None), ("--optimizer", k.optimizer, None),
+        ("--custom-objects", k.custom_objects, None), ("--head", k.head, default.head),
+        ("--input-range", k.input_range, default.input_range),
+        ("--image-key", k.features.image, features.image),
+        ("--label-key", k.features.label, features.label),
+        ("--text-key", k.features.text, features.text),
+        ("--label-offset", k.features.label_offset, features.label_offset),
+        *(("--freeze-pattern", pattern, None) for pattern in k.freeze_patterns)]
     args: list[str] = []
-    optional: list[tuple[str, Any]] = [
-        ("--trainable-layers", k.trainable_layers), ("--freeze-until", k.freeze_until),
-        ("--loss", k.loss), ("--optimizer", k.optimizer),
-        ("--custom-objects", k.custom_objects)]
-    optional += [(flag, value) for flag, value, default in (
-        ("--head", k.head, "auto"), ("--input-range", k.input_range, "0-1"),
-        ("--image-key", k.features.image, "image/encoded"),
-        ("--label-key", k.features.label, "image/class/label"),
-        ("--text-key", k.features.text, "image/class/text"),
-        ("--label-offset", k.features.label_offset, 0)) if value != default]
-    for flag, value in optional:
-        if value is not None:
+    for flag, value, unset in values:
+        if value is not None and value != unset:
             # "--flag=-1-1": argparse would read a separate "-1-1" as an option
             args += [f"{flag}={value}"] if str(value).startswith("-") else [flag, str(value)]
-    for pattern in k.freeze_patterns:
-        args += [f"--freeze-pattern={pattern}"] if pattern.startswith("-") else \
-            ["--freeze-pattern", pattern]
     return args
 
 
