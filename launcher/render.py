@@ -68,7 +68,7 @@ def trainer_args(spec: JobSpec) -> list[str]:
     args = ["--run-dir", spec.job_run_dir]
     args += ["--task", "keras"] if m.task == "keras" else ["--model-size", m.size]
     optional: list[tuple[str, Any]] = [
-        ("--checkpoint", m.checkpoint), ("--backbone", m.backbone),
+        ("--family", m.family), ("--checkpoint", m.checkpoint), ("--backbone", m.backbone),
         ("--fine-tune-type", m.fine_tune_type),
         ("--pipeline-config", m.pipeline_config), ("--label-map", m.label_map),
         ("--num-classes", m.num_classes), ("--image-size", m.image_size),

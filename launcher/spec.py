@@ -185,12 +185,17 @@ class KerasSpec(_Model, kw_only=True):
 class ModelSpec(_Model, kw_only=True):
     """The exported model to fine-tune."""
 
-    # detection: RetinaNet from a checkpoint (and pipeline.config); keras: an exported Keras
+    # detection: a detector from a checkpoint (and pipeline.config); keras: an exported Keras
     # model (.h5, .keras or a SavedModel directory) given as checkpoint, settings in keras
     task: Literal["detection", "keras"] = "detection"
+    # the detector (Model Garden's): retinanet (what a pipeline.config's ssd block describes)
+    # or faster_rcnn (FPN, two stages; no pipeline.config). Unset: retinanet
+    family: Literal["retinanet", "faster_rcnn"] | None = None
     # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory; may come from the pipeline.config
     checkpoint: Text | None = None
-    # classification = backbone, detection = backbone + decoder, full = everything;
+    # classification = backbone, detection = all but the class-dependent layers (RetinaNet:
+    # backbone + FPN; Faster R-CNN: also the RPN and the box head's shared layers), full =
+    # everything;
     # unset: the pipeline.config's fine_tune_checkpoint_type, else detection
     fine_tune_type: FineTuneType | None = None
     pipeline_config: Text | None = None  # optional OD-API pipeline.config
@@ -504,8 +509,12 @@ def _check_task(spec: JobSpec) -> None:
     if model.task == "detection":
         if model.keras is not None:
             raise SpecError("model.keras", "only with model.task: keras")
+        if model.family not in (None, "retinanet") and model.pipeline_config is not None:
+            raise SpecError("model.pipelineConfig", f"describes an OD-API ssd model (RetinaNet), "
+                            f"not model.family {model.family}: set that model in the spec "
+                            "and drop the pipeline.config")
         return
-    for name in ("pipeline_config", "fine_tune_type", "backbone"):
+    for name in ("pipeline_config", "fine_tune_type", "backbone", "family"):
         if getattr(model, name) is not None:
             raise SpecError(f"model.{_camel(name)}", "only with model.task: detection")
     if model.size != "standard":

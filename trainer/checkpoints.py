@@ -86,6 +86,21 @@ def is_od_api(local_prefix: str) -> bool:
     return any(name.startswith(OD_API_MARKERS) for name in names)
 
 
+# A detector family's own top-level parts, as Model Garden's ``checkpoint_items`` name them.
+FAMILY_MARKERS = {"faster_rcnn": ("rpn_head/", "detection_head/"), "retinanet": ("head/",)}
+
+
+def family_of(local_prefix: str) -> str | None:
+    """The detector family a checkpoint holds (by its heads); None for a backbone alone."""
+    import tensorflow as tf
+
+    names = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
+    for family, markers in FAMILY_MARKERS.items():
+        if any(name.startswith(markers) for name in names):
+            return family
+    return None
+
+
 def stage_resume(storage: Storage, run_dir: str, dest: Path) -> tuple[int, str] | None:
     """The newest verified checkpoint of ``run_dir`` as ``(step, local prefix)``; None when the
     run directory has no checkpoint. ``LATEST`` is repaired when it named another step; a run

@@ -27,7 +27,8 @@ class TrainConfig:
 
     run_dir: str
     train: list[str]
-    task: str = "detection"  # detection (RetinaNet) | keras (an exported Keras classifier)
+    task: str = "detection"  # detection | keras (an exported Keras classifier)
+    family: str = "retinanet"  # of the detector: retinanet | faster_rcnn (trainer.detection_job)
     checkpoint: str | None = None
     fine_tune_type: str = "detection"
     backbone: str = "mobilenetv2"
@@ -85,17 +86,24 @@ DEFAULTS: dict[str, Any] = {
     "fine_tune_type": "detection", "image_size": 256, "steps": 1000, "global_batch_size": 8,
     "learning_rate": 0.02, "warmup_steps": 0, "checkpoint_every": 100, "keep_checkpoints": 3,
     "log_every": 10, "max_skipped_fraction": 0.01, "backbone": "mobilenetv2",
+    "family": "retinanet",
 }
+FAMILIES = ("retinanet", "faster_rcnn")
 
 
 def parser() -> argparse.ArgumentParser:
     """Flags of ``python -m trainer``; the launcher renders them (``launcher.render``)."""
     p = argparse.ArgumentParser(prog="python -m trainer",
-                                description="Fine-tune RetinaNet under MultiWorkerMirroredStrategy")
+                                description="Fine-tune a detector or a Keras model under "
+                                            "MultiWorkerMirroredStrategy")
     p.add_argument("--run-dir", default=None, help=f"default: ${contract.ENV_RUN_DIR}")
     p.add_argument("--task", choices=["detection", "keras"], default=None,
-                   help="detection: RetinaNet (default); keras: fine-tune an exported Keras "
-                        "model (.h5, .keras or a SavedModel directory, given as --checkpoint)")
+                   help="detection: a Model Garden detector (default); keras: fine-tune an "
+                        "exported Keras model (.h5, .keras or a SavedModel directory, given as "
+                        "--checkpoint)")
+    p.add_argument("--family", choices=FAMILIES, default=None,
+                   help="the detector: retinanet (default; what a pipeline.config's ssd block "
+                        "describes) or faster_rcnn (Model Garden's, FPN)")
     p.add_argument("--pipeline-config", default=None,
                    help="OD-API pipeline.config; flags override its fields")
     p.add_argument("--checkpoint", default=None, help="fine-tune from here; none: from scratch")
@@ -213,7 +221,7 @@ def _schedule_fits(merged: dict[str, Any], sources: dict[str, str]) -> None:
 
 
 # Flags of one task only, by TrainConfig field.
-DETECTION_ONLY = ("pipeline_config", "fine_tune_type", "backbone", "freeze_batchnorm")
+DETECTION_ONLY = ("pipeline_config", "fine_tune_type", "backbone", "freeze_batchnorm", "family")
 KERAS_ONLY = ("trainable_layers", "freeze_until", "freeze_patterns", "head", "loss",
               "optimizer", "custom_objects", "image_key", "label_key", "text_key",
               "label_offset", "input_range")
@@ -271,6 +279,10 @@ def from_args(argv: list[str], env: dict[str, str],
         raise ConfigError(f"image size {merged['image_size']} ({where}): must be a multiple "
                           "of 32")
     _schedule_fits(merged, sources)
+    if pipeline is not None and merged["family"] != "retinanet":
+        raise ConfigError(f"--family {merged['family']}: the pipeline.config describes an ssd "
+                          "model (RetinaNet); drop --pipeline-config and set the model with "
+                          "flags, or drop --family")
     if merged.get("task") == "keras":
         _keras_fits(merged, flags)
     else:

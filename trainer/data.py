@@ -1,4 +1,4 @@
-"""OD-API TFRecords into a tf.data pipeline: Model Garden's decoder, RetinaNet parser (resize,
+"""OD-API TFRecords into a tf.data pipeline: Model Garden's decoder, the family's parser (resize,
 random horizontal flip, anchor labelling, padding) and input reader (parallel reads and decode,
 shuffle, batch, prefetch), with additions the OD API has and Model Garden lacks: classes from
 ``image/object/class/text`` through the label map when ids are absent, GZIP-compressed files,
@@ -84,23 +84,15 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
                   input_context: tf.distribute.InputContext | None = None,
                   compression: str = "", undecodable: set[int] | None = None
                   ) -> tf.data.Dataset:
-    """The RetinaNet input pipeline for ``params`` (a Model Garden ``DataConfig``); examples
+    """The input pipeline of ``task``'s family (its ``input_parser``) for ``params`` (a Model
+    Garden ``DataConfig``); examples
     that ``usable`` rejects, and the records whose fingerprint ``undecodable`` holds (damaged
     images, from ``trainer.records``), are dropped before decoding. ``compression``: ``""`` or
     ``"GZIP"``."""
-    from official.vision.dataloaders import input_reader, input_reader_factory, retinanet_input
+    from official.vision.dataloaders import input_reader, input_reader_factory
 
     model = task.task_config.model
-    parser = retinanet_input.Parser(
-        output_size=model.input_size[:2], min_level=model.min_level, max_level=model.max_level,
-        num_scales=model.anchor.num_scales, aspect_ratios=model.anchor.aspect_ratios,
-        anchor_size=model.anchor.anchor_size, dtype=params.dtype,
-        match_threshold=params.parser.match_threshold,
-        unmatched_threshold=params.parser.unmatched_threshold,
-        aug_rand_hflip=params.parser.aug_rand_hflip,
-        skip_crowd_during_training=params.parser.skip_crowd_during_training,
-        max_num_instances=params.parser.max_num_instances,
-        box_coder_weights=model.detection_generator.box_coder_weights)
+    parser = task.input_parser(params)
     decoder = OdApiDecoder(name_to_id)
     names = tf.constant(list(name_to_id or {}) or [""], dtype=tf.string)
     max_id = model.num_classes - 1  # Model Garden counts the background as class 0

@@ -1,8 +1,13 @@
-"""The detection task: Model Garden RetinaNet on OD-API TFRecords (``trainer.model``,
-``trainer.data``), COCO evaluation and a detection SavedModel. ``trainer.train`` runs the loop."""
+"""The detection task: a Model Garden detector on OD-API TFRecords (``trainer.data``), COCO
+evaluation and a detection SavedModel. ``trainer.train`` runs the loop.
+
+What differs between detector families lives in one module each (``FAMILIES``): ``build_task``
+returns a Model Garden task whose losses are normalised over the global batch and which adds
+``input_parser``, ``warm_up`` and ``fine_tune_items``; ``LOG_NAMES`` are its training losses."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -10,21 +15,24 @@ from typing import Any
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo
 from trainer.config import ConfigError, TrainConfig
-from trainer.model import build_task
 from trainer.staging import Staged, restore, stage_records
 from trainer.storage import Storage, StorageError
 
 log = logging.getLogger("trainer")
 
+# model family -> the module that builds it
+FAMILIES = {"retinanet": "trainer.model", "faster_rcnn": "trainer.faster_rcnn"}
+
 
 class DetectionJob:
-    """What is RetinaNet's in a run; see ``trainer.train.Job``."""
+    """What is a detector's in a run; see ``trainer.train.Job``."""
 
-    log_names = ("total_loss", "cls_loss", "box_loss")
     eval_summary = ("AP", "AP50")
 
     def __init__(self, cfg: TrainConfig, labels: dict[int, str] | None, num_classes: int):
         self.cfg = cfg
+        self.family = importlib.import_module(FAMILIES[cfg.family])
+        self.log_names: tuple[str, ...] = self.family.LOG_NAMES
         self.num_classes = num_classes  # with the background, as Model Garden counts
         self.name_to_id = {name: i for i, name in labels.items()} if labels else None
         self.task: Any = None
@@ -51,14 +59,28 @@ class DetectionJob:
                     "(variables under model/_feature_extractor, model/_box_predictor), which "
                     "Model Garden's models cannot restore; run the OD API's own trainer with "
                     "this launcher (command/args: docs/od-api.md)")
-        self.task = build_task(self.cfg, self.num_classes,
-                               ",".join(str(p) for p in staged.train_files),
-                               local_files=len(staged.train_files), sync_bn=True)
+            self._check_family(staged.init_checkpoint)
+        self.task = self.family.build_task(
+            self.cfg, self.num_classes, ",".join(str(p) for p in staged.train_files),
+            local_files=len(staged.train_files), sync_bn=True)
         return staged
+
+    def _check_family(self, checkpoint: str) -> None:
+        """A checkpoint of another family (read from its heads) gives its backbone only."""
+        family = checkpoints.family_of(checkpoint)
+        if family in (None, self.cfg.family):
+            return
+        if self.cfg.fine_tune_type != "classification":
+            raise ConfigError(
+                f"--checkpoint {self.cfg.checkpoint}: a {family} checkpoint, and fine-tune "
+                f"type {self.cfg.fine_tune_type} restores parts only a {self.cfg.family} has: "
+                f"give a {self.cfg.family} checkpoint, or --fine-tune-type classification "
+                "(model.fineTuneType) to take its backbone alone")
+        log.warning("--checkpoint is a %s checkpoint: restoring its backbone into a %s",
+                    family, self.cfg.family)
 
     def build(self, staged: Staged, mixed: bool) -> tuple[Any, dict[str, Any], Any, list[Any]]:
         """Under the strategy's scope: model, its checkpoint items, optimizer, metrics."""
-        import tensorflow as tf
         import tf_keras
 
         from trainer.optim import sgd
@@ -66,23 +88,18 @@ class DetectionJob:
         # New layers (the head of a detection fine-tune) start the same in every run of a seed.
         tf_keras.utils.set_random_seed(self.cfg.seed)
         model = self.task.build_model()
-        model(tf.zeros([1, self.cfg.image_size, self.cfg.image_size, 3]), training=False)
+        self.task.warm_up(model, self.cfg.image_size)
         if self.cfg.freeze_batchnorm:
             _freeze_batchnorm(model)
         return (model, dict(model.checkpoint_items), sgd(self.cfg, mixed),
                 self.task.build_metrics(training=True))
 
     def fine_tune(self, model: Any, staged: Staged) -> str:
-        """Restore the modules the fine-tune type names, as the OD API and Model Garden do."""
+        """Restore the parts the fine-tune type names (the family's ``fine_tune_items``)."""
         import tensorflow as tf
 
-        modules = self.task.task_config.init_checkpoint_modules
-        if modules == "all":
-            items = dict(model.checkpoint_items)
-        else:
-            names = [modules] if isinstance(modules, str) else list(modules)
-            items = {name: getattr(model, name) for name in names}
         assert staged.init_checkpoint is not None
+        items = self.task.fine_tune_items(model, self.cfg.fine_tune_type)
         restore(tf.train.Checkpoint(**items), staged.init_checkpoint,
                 f"--checkpoint ({self.cfg.fine_tune_type}) {self.cfg.checkpoint}")
         return f"fine-tuning ({self.cfg.fine_tune_type}) from {self.cfg.checkpoint}"
@@ -104,7 +121,7 @@ class DetectionJob:
         from trainer.evaluate import evaluate
 
         model = self.task.build_model()
-        model(tf.zeros([1, self.cfg.image_size, self.cfg.image_size, 3]), training=False)
+        self.task.warm_up(model, self.cfg.image_size)
         tf.train.Checkpoint(**model.checkpoint_items).read(
             checkpoint).expect_partial().assert_existing_objects_matched()
         return evaluate(self.task, model, staged.eval_files, self.cfg.global_batch_size,

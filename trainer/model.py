@@ -11,6 +11,8 @@ from official.vision.tasks import retinanet
 
 from trainer.config import TrainConfig
 
+LOG_NAMES = ("total_loss", "cls_loss", "box_loss")
+
 # Conv weights an OD-API conv_hyperparams initializer draws (biases, batch norm: not).
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
@@ -35,6 +37,34 @@ class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
         super().__init__(params, **kwargs)
         self.layer_hyperparams = dict(layer_hyperparams or {})
         self.seed = seed
+
+    def input_parser(self, params: Any) -> Any:
+        """Model Garden's RetinaNet parser: resize, flip, anchor labelling, padding."""
+        from official.vision.dataloaders import retinanet_input
+
+        model = self.task_config.model
+        return retinanet_input.Parser(
+            output_size=model.input_size[:2], min_level=model.min_level,
+            max_level=model.max_level, num_scales=model.anchor.num_scales,
+            aspect_ratios=model.anchor.aspect_ratios, anchor_size=model.anchor.anchor_size,
+            dtype=params.dtype, match_threshold=params.parser.match_threshold,
+            unmatched_threshold=params.parser.unmatched_threshold,
+            aug_rand_hflip=params.parser.aug_rand_hflip,
+            skip_crowd_during_training=params.parser.skip_crowd_during_training,
+            max_num_instances=params.parser.max_num_instances,
+            box_coder_weights=model.detection_generator.box_coder_weights)
+
+    def warm_up(self, model: Any, image_size: int) -> None:
+        """Run the model once, which creates its variables."""
+        model(tf.zeros([1, image_size, image_size, 3]), training=False)
+
+    def fine_tune_items(self, model: Any, fine_tune_type: str) -> dict[str, Any]:
+        """What a fine-tune restores, as the OD API and Model Garden do: ``classification``
+        the backbone, ``detection`` also the FPN (the head's towers are trained anew), ``full``
+        everything."""
+        return {"classification": {"backbone": model.backbone},
+                "detection": {"backbone": model.backbone, "decoder": model.decoder},
+                "full": dict(model.checkpoint_items)}[fine_tune_type]
 
     def _part(self, name: str) -> tuple[Any, Any]:
         """(a model config whose norm_activation is this part's, its L2 regularizer)."""
@@ -115,7 +145,7 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
 def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
                 sync_bn: bool = False) -> Any:
     """A Model Garden ``RetinaNetTask`` config for this run."""
-    from official.vision.configs import backbones, decoders
+    from official.vision.configs import decoders
     from official.vision.configs import retinanet as rcfg
 
     task = rcfg.RetinaNetTask()
@@ -125,12 +155,7 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     # Per-replica batches are small in detection: batch norm statistics over the global batch.
     model.norm_activation.use_sync_bn = sync_bn
     tiny = cfg.model_size == "tiny"
-    if cfg.backbone == "mobilenetv2":
-        model.backbone = backbones.Backbone(type="mobilenet", mobilenet=backbones.MobileNet(
-            model_id="MobileNetV2", filter_size_scale=0.35 if tiny else 1.0))
-    else:
-        model.backbone = backbones.Backbone(type="resnet", resnet=backbones.ResNet(
-            model_id=18 if tiny else 50))
+    model.backbone = backbone_config(cfg)
     model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=32 if tiny else 256))
     if tiny:
         model.min_level, model.max_level = 3, 5
@@ -144,10 +169,25 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         for parent in parents:
             target = getattr(target, parent)
         setattr(target, name, value)
-    task.init_checkpoint_modules = {"classification": "backbone",
-                                    "detection": ["backbone", "decoder"],
-                                    "full": "all"}[cfg.fine_tune_type]
-    data = task.train_data
+    configure_train_data(task.train_data, cfg, train_glob, local_files)
+    return task
+
+
+def backbone_config(cfg: TrainConfig) -> Any:
+    """The backbone every family shares: MobileNetV2 or ResNet-50 (``tiny``: MobileNetV2 x0.35
+    or ResNet-18)."""
+    from official.vision.configs import backbones
+
+    tiny = cfg.model_size == "tiny"
+    if cfg.backbone == "mobilenetv2":
+        return backbones.Backbone(type="mobilenet", mobilenet=backbones.MobileNet(
+            model_id="MobileNetV2", filter_size_scale=0.35 if tiny else 1.0))
+    return backbones.Backbone(type="resnet", resnet=backbones.ResNet(model_id=18 if tiny else 50))
+
+
+def configure_train_data(data: Any, cfg: TrainConfig, train_glob: str, local_files: int) -> None:
+    """The training input every family shares: this worker's files, the global batch, the seed,
+    and either shuffling with augmentation or the deterministic order."""
     data.input_path = train_glob
     data.global_batch_size = cfg.global_batch_size
     data.is_training = True
@@ -162,4 +202,3 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     else:
         data.shuffle_buffer_size = 256
         data.parser.aug_rand_hflip = cfg.horizontal_flip
-    return task

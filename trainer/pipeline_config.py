@@ -161,10 +161,16 @@ SUPPORTED_MODEL = ("ssd with feature_extractor "
 
 
 def _model(model: Any, take: Take, refuse: Refuse, differences: list[str]) -> None:
-    for arch in ("faster_rcnn", "center_net"):
-        if model.HasField(arch):
-            raise refuse(f"model.{arch}", f"this trainer fine-tunes {SUPPORTED_MODEL}; it "
-                         f"cannot build {arch}")
+    if model.HasField("faster_rcnn"):
+        # The OD API's Faster R-CNN (one feature map, grid anchors, crop-and-resize) and Model
+        # Garden's (FPN, multilevel anchors and RoIAlign) are different networks.
+        raise refuse("model.faster_rcnn", "the OD API's Faster R-CNN is not Model Garden's "
+                     "(FPN, multilevel RoIAlign): drop the pipeline.config and set "
+                     "model.family: faster_rcnn, or run the OD API's trainer (docs/od-api.md); "
+                     f"a pipeline.config may describe {SUPPORTED_MODEL}")
+    if model.HasField("center_net"):
+        raise refuse("model.center_net", f"this trainer fine-tunes {SUPPORTED_MODEL}; it "
+                     "cannot build center_net")
     if not model.HasField("ssd"):
         return
     ssd = model.ssd

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,43 @@ def write_spec(path: Path, dataset: dict[str, str], checkpoint: str, **fields: A
             spec[key] = value
     path.write_text(yaml.safe_dump(spec))
     return path
+
+
+def start_launcher(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "launcher", *args], env=trainer_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def follow(proc: subprocess.Popen[str], pattern: str, seen: list[str],
+            timeout: float = 300) -> re.Match[str]:
+    """Read launcher output until a line matches ``pattern``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern)
+    for line in proc.stdout:
+        seen.append(line)
+        match = regex.search(line)
+        if match:
+            return match
+        assert time.monotonic() < deadline, f"no line matched {pattern!r}"
+    raise AssertionError(f"output ended before {pattern!r}:\n{''.join(seen[-30:])}")
+
+
+def finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def check_saved_model(gcs: Storage, uri: str, local: Path) -> None:
+    """The exported model loads and detects on a uint8 image batch."""
+    gcs.download_tree(uri, local)
+    code = ("import sys, numpy as np, tensorflow as tf\n"
+            "m = tf.saved_model.load(sys.argv[1])\n"
+            "f = m.signatures['serving_default']\n"
+            "out = f(tf.constant(np.zeros((2, 64, 64, 3), np.uint8)))\n"
+            "assert out['detection_boxes'].shape[0] == 2, out.keys()\n"
+            "print('detections', sorted(out))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(local)], env=trainer_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "detection_scores" in result.stdout

@@ -7,44 +7,23 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from launcher import contract
-from tests.integration.conftest import BUCKET, trainer_env, write_spec
+from tests.integration.conftest import (
+    BUCKET,
+    check_saved_model,
+    finish,
+    follow,
+    start_launcher,
+    write_spec,
+)
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 
 pytestmark = pytest.mark.integration
-
-
-def _launcher(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "launcher", *args], env=trainer_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _follow(proc: subprocess.Popen[str], pattern: str, seen: list[str],
-            timeout: float = 300) -> re.Match[str]:
-    """Read launcher output until a line matches ``pattern``."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    regex = re.compile(pattern)
-    for line in proc.stdout:
-        seen.append(line)
-        match = regex.search(line)
-        if match:
-            return match
-        assert time.monotonic() < deadline, f"no line matched {pattern!r}"
-    raise AssertionError(f"output ended before {pattern!r}:\n{''.join(seen[-30:])}")
-
-
-def _finish(proc: subprocess.Popen[str], seen: list[str]) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=600)
-    return proc.returncode, "".join(seen) + out, err
 
 
 def _run_dir(spec_file: Path) -> str:
@@ -57,7 +36,7 @@ def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       data={"train": [dataset["train"]], "eval": [dataset["eval"]]},
                       training={"export": True})
-    code, out, err = _finish(_launcher("run-local", str(spec)), [])
+    code, out, err = finish(start_launcher("run-local", str(spec)), [])
     assert code == 0, out[-4000:] + err
     # A clean finish reads as one: no coordination-service error at shutdown.
     shutdown_noise = [line for line in (out + err).splitlines()
@@ -83,22 +62,7 @@ def test_two_workers_fine_tune_and_publish_to_gcs(tmp_path: Path, gcs: Storage,
     assert metrics["train"]["total_loss"] == pytest.approx(float(losses[0][0]), rel=1e-3)
     exported = gcs.list_prefix(f"{run_dir}/{contract.RUN_EXPORT}")
     assert any(u.endswith("/saved_model.pb") for u in exported)
-    _check_saved_model(gcs, f"{run_dir}/{contract.RUN_EXPORT}", tmp_path / "export")
-
-
-def _check_saved_model(gcs: Storage, uri: str, local: Path) -> None:
-    """The exported model loads and detects on a uint8 image batch."""
-    gcs.download_tree(uri, local)
-    code = ("import sys, numpy as np, tensorflow as tf\n"
-            "m = tf.saved_model.load(sys.argv[1])\n"
-            "f = m.signatures['serving_default']\n"
-            "out = f(tf.constant(np.zeros((2, 64, 64, 3), np.uint8)))\n"
-            "assert out['detection_boxes'].shape[0] == 2, out.keys()\n"
-            "print('detections', sorted(out))\n")
-    result = subprocess.run([sys.executable, "-c", code, str(local)], env=trainer_env(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "detection_scores" in result.stdout
+    check_saved_model(gcs, f"{run_dir}/{contract.RUN_EXPORT}", tmp_path / "export")
 
 
 def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: Storage,
@@ -106,13 +70,13 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: St
                                                          base_checkpoint: str) -> None:
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       training={"steps": 16, "checkpointEvery": 16, "logEvery": 1})
-    proc = _launcher("run-local", str(spec))
+    proc = start_launcher("run-local", str(spec))
     seen: list[str] = []
-    pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    _follow(proc, r"worker 1 step 3/16", seen)
+    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
+    follow(proc, r"worker 1 step 3/16", seen)
     os.kill(pid, signal.SIGTERM)
-    _follow(proc, r"\[1\] exited with code 42", seen)
-    code, out, err = _finish(proc, seen)
+    follow(proc, r"\[1\] exited with code 42", seen)
+    code, out, err = finish(proc, seen)
     assert code == 0, out[-4000:] + err
     assert "[0] exited with code 42" in out
     saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
@@ -126,12 +90,12 @@ def test_sigkill_of_a_worker_restarts_from_the_newest_checkpoint(tmp_path: Path,
                                                                  base_checkpoint: str) -> None:
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       training={"steps": 16, "checkpointEvery": 4, "logEvery": 1})
-    proc = _launcher("run-local", str(spec), "--grace", "10")
+    proc = start_launcher("run-local", str(spec), "--grace", "10")
     seen: list[str] = []
-    pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    _follow(proc, r"published checkpoint ckpt-4 ", seen)
+    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
+    follow(proc, r"published checkpoint ckpt-4 ", seen)
     os.kill(pid, signal.SIGKILL)
-    code, out, err = _finish(proc, seen)
+    code, out, err = finish(proc, seen)
     assert code == 0, out[-4000:] + err
     assert "[1] exited with code 137" in out
     resumed = re.search(r"resumed from step (\d+)", out)
@@ -151,7 +115,7 @@ def test_corrupt_shard_stops_every_worker_with_the_error(tmp_path: Path, gcs: St
     gcs.upload(corrupt, f"gs://{BUCKET}/bad/train-00001-of-00002.tfrecord")
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       data={"train": [f"gs://{BUCKET}/bad/train-*.tfrecord"]})
-    code, _, err = _finish(_launcher("run-local", str(spec), "--grace", "20"), [])
+    code, _, err = finish(start_launcher("run-local", str(spec), "--grace", "20"), [])
     assert code != 0
     assert err.startswith("error: worker 1 exited with code 1: "), err
     assert "train-00001-of-00002.tfrecord: not a readable TFRecord file" in err

@@ -257,7 +257,7 @@ def test_mobilenet_fpnlite_maps_to_the_mobilenet_backbone(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("text", "field", "supported"), [
-    (FASTER_RCNN_PETS, "model.faster_rcnn", "cannot build faster_rcnn"),
+    (FASTER_RCNN_PETS, "model.faster_rcnn", "set model.family: faster_rcnn"),
     (CENTERNET, "model.center_net", "cannot build center_net"),
     (EFFICIENTDET, "model.ssd.feature_extractor.type",
      "'ssd_efficientnet-b0_bifpn_keras' is not supported; supported: ssd_resnet50_v1_fpn_keras"),

@@ -53,7 +53,7 @@ def test_a_zoo_config_with_its_paths_filled_in_validates(tmp_path: Path) -> None
 def test_refusals_reach_validate_as_one_line(tmp_path: Path) -> None:
     code, out, err = _validate(tmp_path, FASTER_RCNN_PETS, checkpoint="/c")
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and "model.faster_rcnn: this trainer fine-tunes" in err
+    assert err.count("\n") == 1 and "model.faster_rcnn: the OD API's Faster R-CNN is not" in err
     code, _, err = _validate(tmp_path, retinanet())
     assert code == 2
     assert "train_config.fine_tune_checkpoint is 'PATH_TO_BE_CONFIGURED/resnet50.ckpt-1'" in err

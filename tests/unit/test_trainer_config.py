@@ -86,7 +86,8 @@ def test_pipeline_config_fields() -> None:
 
 
 def test_faster_rcnn_is_refused_not_trained_as_retinanet() -> None:
-    with pytest.raises(PipelineConfigError, match=r"model\.faster_rcnn: this trainer fine-tunes"):
+    with pytest.raises(PipelineConfigError,
+                       match=r"model\.faster_rcnn: the OD API.s Faster R-CNN is not Model"):
         parse("""model { faster_rcnn { num_classes: 90 image_resizer {
             keep_aspect_ratio_resizer { min_dimension: 600 max_dimension: 1024 } } } }
             train_config { optimizer { adam_optimizer { learning_rate {
