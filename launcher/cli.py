@@ -47,6 +47,7 @@ SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("accelerator", "--accelerator", str, "resources.accelerator", "GKE accelerator type"),
     ("cpu", "--cpu", str, "resources.cpu", "CPU request per worker"),
     ("memory", "--memory", str, "resources.memory", "memory per worker"),
+    ("family", "--family", str, "model.family", "detector: retinanet or faster_rcnn"),
     ("checkpoint", "--checkpoint", str, "model.checkpoint", "checkpoint to fine-tune from"),
     ("fine_tune_type", "--fine-tune-type", str, "model.fineTuneType",
      "classification, detection or full"),
@@ -253,6 +254,13 @@ class DemoTask(str, enum.Enum):
     keras = "keras"
 
 
+class DemoFamily(str, enum.Enum):
+    """The detector ``launcher demo --task detection`` fine-tunes."""
+
+    retinanet = "retinanet"
+    faster_rcnn = "faster_rcnn"
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--dir", help="where data, runs and logs go")] = Path(
@@ -260,17 +268,21 @@ def demo(
     task: Annotated[DemoTask, typer.Option(
         "--task", help="detection (RetinaNet) or keras (an exported Keras classifier)")
     ] = DemoTask.detection,
+    family: Annotated[DemoFamily, typer.Option(
+        "--family", help="the detector of --task detection")] = DemoFamily.retinanet,
 ) -> None:
     """Fine-tune end to end on this machine: no cluster, no cloud account.
 
-    Makes a synthetic data set, pre-trains a base model (a RetinaNet checkpoint, or a Keras
-    model saved as .h5), fine-tunes it with 2 local workers (the same Job [bold]run-local[/]
-    runs) and compares with training from scratch.
+    Makes a synthetic data set, pre-trains a base model (a RetinaNet or Faster R-CNN
+    checkpoint, or a Keras model saved as .h5), fine-tunes it with 2 local workers (the same
+    Job [bold]run-local[/] runs) and compares with training from scratch.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from launcher.demo import DemoSettings, KerasDemoSettings, run_demo, run_keras_demo, summary
 
+    if task is DemoTask.keras and family is not DemoFamily.retinanet:
+        raise fail(LauncherError("--family: only with --task detection"))
     columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
@@ -287,7 +299,7 @@ def demo(
             if task is DemoTask.keras:
                 result = run_keras_demo(workdir.resolve(), KerasDemoSettings(), stage)
             else:
-                result = run_demo(workdir.resolve(), DemoSettings(), stage)
+                result = run_demo(workdir.resolve(), DemoSettings(family=family.value), stage)
         except LauncherError as err:
             progress.stop()
             typer.echo(f"(worker logs: {workdir / 'logs'})", err=True)

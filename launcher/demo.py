@@ -2,7 +2,8 @@
 
 Detection (``--task detection``, the default):
 1. make a synthetic detection data set in the OD-API TFRecord format (trainer.synthetic);
-2. pre-train a tiny RetinaNet on two classes: the "exported" base checkpoint;
+2. pre-train a tiny detector (RetinaNet, or Faster R-CNN with ``--family faster_rcnn``) on two
+   classes: the "exported" base checkpoint;
 3. fine-tune it on two other classes with two local workers: ``run-local`` of a rendered Job;
 4. train the same thing from scratch, and compare the final losses.
 
@@ -45,6 +46,7 @@ class DemoSettings:
     finetune_steps: int = 40
     global_batch_size: int = 8
     workers: int = 2
+    family: str = "retinanet"  # the detector: retinanet | faster_rcnn
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,8 @@ def demo_spec(workdir: Path, settings: DemoSettings) -> dict[str, Any]:
         "runDir": str(workdir / "runs"),
         "model": {"checkpoint": str(workdir / "runs" / "base"),
                   "labelMap": str(workdir / "data" / "finetune" / "label_map.pbtxt"),
-                  "fineTuneType": "detection", "size": "tiny", "imageSize": settings.image_size},
+                  "fineTuneType": "detection", "size": "tiny", "imageSize": settings.image_size,
+                  "family": settings.family},
         "data": {"train": [str(workdir / "data" / "finetune" / "train-*.tfrecord")],
                  "eval": [str(workdir / "data" / "eval" / "val-*.tfrecord")]},
         "training": {"steps": settings.finetune_steps,
@@ -152,7 +155,8 @@ def run_demo(workdir: Path, settings: DemoSettings,
     _trainer_module("trainer.synthetic", [str(data), str(settings.image_size)], log)
     step_cb(1, 1)
     log.close()
-    common = ["--model-size", "tiny", "--image-size", str(settings.image_size),
+    common = ["--family", settings.family, "--model-size", "tiny",
+              "--image-size", str(settings.image_size),
               "--global-batch-size", str(settings.global_batch_size), "--log-every", "2"]
     log = StageLog(logs / "pretrain.log", stage("pre-train the base model (2 classes)",
                                                 settings.pretrain_steps))

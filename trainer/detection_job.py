@@ -42,8 +42,10 @@ class DetectionJob:
         """This worker's records, checked; the fine-tune checkpoint unless resuming."""
         from trainer import records
 
+        max_boxes = self.family.task_config(self.cfg, self.num_classes, "").train_data \
+            .parser.max_num_instances
         staged = stage_records(self.cfg, storage, cluster, scratch, lambda paths: records.scan(
-            paths, self.name_to_id, self.num_classes - 1))
+            paths, self.name_to_id, self.num_classes - 1, max_boxes=max_boxes))
         staged.name_to_id = self.name_to_id
         if self.cfg.checkpoint and not resuming:
             try:

@@ -145,11 +145,12 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     """A Model Garden ``MaskRCNNTask`` config without masks for this run.
 
     ``tiny`` (CPU tests, the demo): ResNet-18 or MobileNetV2 x0.35, a 32-filter FPN on levels
-    3-5, anchors of 16 to 64 pixels, a head of one 64-wide
-    fully-connected layer, and samplers that fit the image, so every anchor and every proposal
-    is used: the RPN's 256 anchors per image cover all of a 64-pixel image's 252 anchors, and the
-    RoI sampler's 96 RoIs are the 64 proposals and 32 ground-truth slots. Sampling nothing
-    out is also what lets N workers train exactly like one (the samplers draw at random).
+    3-5, anchors of 16 to 64 pixels, a head of one 64-wide fully-connected layer, and samplers
+    that fit the image, so every anchor and every proposal is used: the RPN's 256 anchors per
+    image cover all of a 64-pixel image's 252 anchors, and the RoI sampler's 24 RoIs are the 16
+    proposals and 8 ground-truth slots (training keeps 8 boxes per image; the records scan
+    counts the examples with more). Sampling nothing out is also what lets N workers train
+    exactly like one (the samplers draw at random). Evaluation: 64 proposals, 100 boxes.
     """
     from official.vision.configs import decoders
     from official.vision.configs import maskrcnn as mcfg
@@ -172,12 +173,13 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         model.detection_head.num_convs, model.detection_head.num_filters = 0, 32
         model.detection_head.fc_dims = 64
         model.roi_generator.pre_nms_top_k = model.roi_generator.test_pre_nms_top_k = 256
-        model.roi_generator.num_proposals = model.roi_generator.test_num_proposals = 64
-        task.train_data.parser.max_num_instances = 32
-        task.validation_data.parser.max_num_instances = 32
-        # Every proposal and ground-truth box is a sampled RoI (the sampler cannot take more
-        # than its candidates), whatever the foreground share.
-        model.roi_sampler.num_sampled_rois = 64 + 32
+        model.roi_generator.num_proposals = 16
+        model.roi_generator.test_num_proposals = 64
+        # Every proposal and ground-truth slot is a sampled RoI (the sampler cannot take more
+        # than its candidates), whatever the foreground share. Few of each, so that the
+        # foreground is not drowned (with 64 proposals the head learnt to say background).
+        task.train_data.parser.max_num_instances = 8
+        model.roi_sampler.num_sampled_rois = 16 + 8
         model.roi_sampler.foreground_fraction = 1.0
     task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
     configure_train_data(task.train_data, cfg, train_glob, local_files)

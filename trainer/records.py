@@ -50,6 +50,7 @@ class FileReport:
     usable: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     undecodable: list[int] = field(default_factory=list)  # fingerprints of damaged images
+    crowded: int = 0  # usable examples with more boxes than the model takes (max_boxes)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ScanReport:
 
     files: list[FileReport] = field(default_factory=list)
     compressed: bool = False
+    max_boxes: int | None = None  # per example, as the input pipeline keeps them
 
     @property
     def records(self) -> int:
@@ -86,6 +88,12 @@ class ScanReport:
             worst = max(self.files, key=lambda f: f.skipped[reason])
             parts.append(f"{count} skipped for {REASONS[reason]} "
                          f"({worst.skipped[reason]} in {Path(worst.path).name})")
+        crowded = sum(f.crowded for f in self.files)
+        if crowded:
+            worst = max(self.files, key=lambda f: f.crowded)
+            parts.append(f"{crowded} with more than {self.max_boxes} boxes, of which the model "
+                         f"trains on the first {self.max_boxes} ({worst.crowded} in "
+                         f"{Path(worst.path).name})")
         return "; ".join(parts)
 
 
@@ -103,6 +111,11 @@ def compression(paths: list[Path]) -> str:
         raise RecordsError(f"some TFRecord files are GZIP-compressed ({', '.join(gz)}, ...) and "
                            "some are not; use one kind")
     return "GZIP" if kinds == {True} else ""
+
+
+def _box_count(example: object) -> int:
+    feature = example.features.feature  # type: ignore[attr-defined]
+    return len(feature["image/object/bbox/xmin"].float_list.value)
 
 
 def example_problem(example: object, name_to_id: dict[str, int] | None,
@@ -142,18 +155,19 @@ def example_problem(example: object, name_to_id: dict[str, int] | None,
 
 def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: int = 0,
          problem: Callable[[object], str | None] | None = None,
-         image_key: str = "image/encoded") -> ScanReport:
+         image_key: str = "image/encoded", max_boxes: int | None = None) -> ScanReport:
     """Read every record of ``paths``; ``RecordsError`` naming a file that is not a TFRecord
     file (truncated, random bytes) or a compression mix. ``problem`` (a ``tf.train.Example``
     -> a ``REASONS`` key or None) says what is unusable: by default ``example_problem``, the
-    OD API's detection records with ``name_to_id`` and ``max_id``."""
+    OD API's detection records with ``name_to_id`` and ``max_id``. Usable examples with more
+    than ``max_boxes`` boxes are counted (the input pipeline keeps the first ``max_boxes``)."""
     import tensorflow as tf
 
     if problem is None:
         def problem(example: object) -> str | None:
             return example_problem(example, name_to_id, max_id)
     kind = compression(paths)
-    report = ScanReport(compressed=kind == "GZIP")
+    report = ScanReport(compressed=kind == "GZIP", max_boxes=max_boxes)
     for path in paths:
         file_report = FileReport(str(path))
         usable: set[int] = set()
@@ -167,6 +181,8 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
                     file_report.skipped[reason] += 1
                 else:
                     usable.add(index)
+                    if max_boxes is not None and _box_count(example) > max_boxes:
+                        file_report.crowded += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
                 gzip.BadGzipFile) as err:
             raise RecordsError(f"{path.name}: not a readable TFRecord file after "

@@ -27,15 +27,13 @@ def _names_only(pixels: np.ndarray, boxes: list[Any], key: str, fmt: str = "png"
 
 def _pipeline(path: Path, num_classes: int, name_to_id: dict[str, int]) -> Any:
     """The eval-mode pipeline (no shuffle, no repeat) over one file, batch 1."""
-    from official.vision.tasks import retinanet
-
     from trainer.config import TrainConfig
     from trainer.data import build_dataset
-    from trainer.model import task_config
+    from trainer.model import build_task
 
     cfg = TrainConfig(run_dir=str(path.parent), train=[str(path)], model_size="tiny",
                       image_size=64)
-    task = retinanet.RetinaNetTask(task_config(cfg, num_classes, str(path)))
+    task = build_task(cfg, num_classes, str(path))
     params = task.task_config.validation_data
     params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
     params.dtype = "float32"

@@ -198,3 +198,40 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(
     first = re.search(rf"worker 0 step {int(saved[1]) + 1}/16 ", out.split("resumed from", 1)[1])
     assert first, "the resumed run did not continue at the next step"
     assert latest_step(gcs, _run_dir(spec)) == 16
+
+
+@pytest.mark.parametrize(("backbone", "size", "expected"), [
+    ("resnet50", "tiny", ("resnet", 18)), ("resnet50", "standard", ("resnet", 50)),
+    ("mobilenetv2", "standard", ("mobilenet", "MobileNetV2"))])
+def test_each_backbone_builds_a_faster_rcnn(backbone: str, size: str,
+                                            expected: tuple[str, object]) -> None:
+    """The backbones the spec offers, in the family's network (a forward pass in inference)."""
+    import tensorflow as tf
+
+    from trainer import faster_rcnn
+    from trainer.config import TrainConfig
+
+    cfg = TrainConfig(run_dir="unused", train=["unused"], family="faster_rcnn",
+                      backbone=backbone, model_size=size, image_size=IMAGE)
+    task = faster_rcnn.build_task(cfg, NEW_CLASSES + 1, "unused")
+    kind = task.task_config.model.backbone.type
+    model_id = getattr(task.task_config.model.backbone, kind).model_id
+    assert (kind, model_id) == expected
+    model = task.build_model()
+    outputs = model(tf.zeros([1, IMAGE, IMAGE, 3]),
+                    image_shape=tf.constant([[IMAGE, IMAGE]], tf.float32),
+                    anchor_boxes=_anchor_boxes(task), training=False)
+    assert outputs["detection_boxes"].shape[0] == 1
+    assert model.detection_head[0]._classifier.units == NEW_CLASSES + 1
+
+
+def _anchor_boxes(task: object) -> dict[str, object]:
+    import tensorflow as tf
+    from official.vision.ops import anchor
+
+    model = task.task_config.model  # type: ignore[attr-defined]
+    boxes = anchor.build_anchor_generator(
+        min_level=model.min_level, max_level=model.max_level,
+        num_scales=model.anchor.num_scales, aspect_ratios=model.anchor.aspect_ratios,
+        anchor_size=model.anchor.anchor_size)(image_size=(IMAGE, IMAGE))
+    return {level: tf.expand_dims(value, 0) for level, value in boxes.items()}

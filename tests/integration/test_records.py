@@ -69,15 +69,13 @@ def _write(path: Path, serialized: list[bytes], compress: bool = False) -> Path:
 
 def _pipeline_count(path: Path, compression: str = "", undecodable: set[str] | None = None,
                     names: dict[str, int] | None = NAMES) -> int:
-    from official.vision.tasks import retinanet
-
     from trainer.config import TrainConfig
     from trainer.data import build_dataset
-    from trainer.model import task_config
+    from trainer.model import build_task
 
     cfg = TrainConfig(run_dir=str(path.parent), train=[str(path)], model_size="tiny",
                       image_size=64)
-    task = retinanet.RetinaNetTask(task_config(cfg, 4, str(path)))
+    task = build_task(cfg, 4, str(path))
     params = task.task_config.validation_data
     params.input_path, params.global_batch_size, params.is_training = str(path), 1, False
     params.dtype = "float32"
@@ -154,3 +152,18 @@ def test_text_only_records_without_a_label_map_end_in_one_line(tmp_path: Path) -
     line = str(err.value)
     assert "no usable example in texts.tfrecord: 0 of 4" in line and "\n" not in line
     assert _pipeline_count(path, names=None) == 0
+
+
+def test_examples_with_more_boxes_than_the_model_keeps_are_counted(tmp_path: Path) -> None:
+    """The input pipeline keeps the first ``max_num_instances`` boxes of an example: said, not
+    silent. Unusable examples are not counted twice."""
+    from trainer import records
+
+    crowded = _example([OK] * 3, [1, 2, 3], None)
+    path = _write(tmp_path / "crowded.tfrecord",
+                  [crowded, crowded, _example([OK, OK], [1, 1], None), _example([], [], [])])
+    report = records.scan([path], NAMES, 3, max_boxes=2)
+    assert report.files[0].crowded == 2 and report.usable == 3
+    assert report.summary().endswith("; 2 with more than 2 boxes, of which the model trains on "
+                                     "the first 2 (2 in crowded.tfrecord)")
+    assert "more than" not in records.scan([path], NAMES, 3).summary()
