@@ -19,8 +19,14 @@ import yaml
 
 from launcher import contract
 from launcher.local import free_ports
-from tests.integration.conftest import BUCKET, TRAINER_ENV, trainer_env
-from tests.integration.test_trainer_runs import _finish, _follow, _launcher
+from tests.integration.conftest import (
+    BUCKET,
+    TRAINER_ENV,
+    finish,
+    follow,
+    start_launcher,
+    trainer_env,
+)
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 
@@ -86,7 +92,7 @@ def test_two_workers_fine_tune_each_format(tmp_path: Path, gcs: Storage,
     import tf_keras
 
     spec = _spec(tmp_path / "spec.yaml", keras_data, model)
-    code, out, err = _finish(_launcher("run-local", str(spec)), [])
+    code, out, err = finish(start_launcher("run-local", str(spec)), [])
     assert code == 0, out[-4000:] + err
     run_dir = f"gs://{BUCKET}/keras-runs-{tmp_path.name}/default/kft"
     assert "replaced the head: a new Dense layer for 4 classes" in out
@@ -155,13 +161,13 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: St
                                                          keras_data: dict[str, Any]) -> None:
     spec = _spec(tmp_path / "spec.yaml", keras_data, "pretrained.h5", steps=400,
                  checkpointEvery=400, logEvery=1)
-    proc = _launcher("run-local", str(spec))
+    proc = start_launcher("run-local", str(spec))
     seen: list[str] = []
-    pid = int(_follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    _follow(proc, r"worker 1 step 3/400", seen)
+    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
+    follow(proc, r"worker 1 step 3/400", seen)
     os.kill(pid, signal.SIGTERM)
-    _follow(proc, r"\[1\] exited with code 42", seen)
-    code, out, err = _finish(proc, seen)
+    follow(proc, r"\[1\] exited with code 42", seen)
+    code, out, err = finish(proc, seen)
     assert code == 0, out[-4000:] + err
     saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
     assert saved, out[-4000:]
