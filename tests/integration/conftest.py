@@ -5,13 +5,15 @@ trained here from scratch."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,44 @@ def check_saved_model(gcs: Storage, uri: str, local: Path) -> None:
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "detection_scores" in result.stdout
+
+
+def train_one_and_two_workers(args: Callable[[str], list[str]], single: str,
+                              double: str) -> None:
+    """``args(run_dir)`` (a ``python -m trainer`` command line) run by one worker into
+    ``single``, then by two workers on loopback into ``double``; both must succeed."""
+    from launcher.contract import tf_config
+    from launcher.local import free_ports
+
+    result = subprocess.run(args(single), env=trainer_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    procs = [subprocess.Popen(args(double),
+                              env={**trainer_env(), "TF_CONFIG": json.dumps(tf_config(hosts, i))},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+
+def preempt_and_resume(spec: Path, steps: int) -> str:
+    """``launcher run-local spec`` with SIGTERM to worker 1 at its step 3: both workers save and
+    exit 42, the job restarts and resumes at the saved step (the first step it logs is the next
+    one). The launcher's output."""
+    proc = start_launcher("run-local", str(spec))
+    seen: list[str] = []
+    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
+    follow(proc, rf"worker 1 step 3/{steps}", seen)
+    os.kill(pid, signal.SIGTERM)
+    follow(proc, r"\[1\] exited with code 42", seen)
+    code, out, err = finish(proc, seen)
+    assert code == 0, out[-4000:] + err
+    assert "[0] exited with code 42" in out
+    saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
+    assert saved, out[-4000:]
+    assert int(saved[1]) < steps
+    after = out[out.index(f"resumed from step {saved[1]}"):]
+    logged = [int(s) for s in re.findall(rf"worker 0 step (\d+)/{steps}", after)]
+    assert logged and logged[0] == int(saved[1]) + 1, "the restart did not go on at the next step"
+    return out

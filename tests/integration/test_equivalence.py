@@ -8,7 +8,6 @@ difference in the first layers' gradients, which is not what this test is about.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.contract import tf_config
-from launcher.local import free_ports
-from tests.integration.conftest import BUCKET, IMAGE, trainer_env
+from tests.integration.conftest import BUCKET, IMAGE, train_one_and_two_workers, trainer_env
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 
@@ -48,18 +45,8 @@ def _weights(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndarray]:
 
 def test_two_workers_match_one_worker_with_the_same_global_batch(
         gcs: Storage, dataset: dict[str, str], base_checkpoint: str, tmp_path: Path) -> None:
-    single = f"gs://{BUCKET}/equiv-1"
-    result = subprocess.run(_args(single, dataset, base_checkpoint), env=trainer_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    double = f"gs://{BUCKET}/equiv-2"
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = [subprocess.Popen(_args(double, dataset, base_checkpoint),
-                              env={**trainer_env(), "TF_CONFIG": json.dumps(tf_config(hosts, i))},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    single, double = f"gs://{BUCKET}/equiv-1", f"gs://{BUCKET}/equiv-2"
+    train_one_and_two_workers(lambda run: _args(run, dataset, base_checkpoint), single, double)
     one = _weights(gcs, single, tmp_path / "one")
     two = _weights(gcs, double, tmp_path / "two")
     base = _weights_at(gcs, base_checkpoint, tmp_path / "base")

@@ -4,9 +4,7 @@ as RetinaNet: real TensorFlow on CPU, two workers on loopback, the GCS emulator.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +13,14 @@ import numpy as np
 import pytest
 
 from launcher import contract
-from launcher.contract import tf_config
-from launcher.local import free_ports
 from tests.integration.conftest import (
     BUCKET,
     IMAGE,
     check_saved_model,
     finish,
-    follow,
+    preempt_and_resume,
     start_launcher,
+    train_one_and_two_workers,
     trainer_env,
     write_spec,
 )
@@ -147,18 +144,9 @@ def _equivalence_args(run_dir: str, dataset: dict[str, str], base: str) -> list[
 
 def test_two_workers_match_one_worker_with_the_same_global_batch(
         gcs: Storage, dataset: dict[str, str], frcnn_base: str, tmp_path: Path) -> None:
-    single = f"gs://{BUCKET}/frcnn-equiv-1"
-    result = subprocess.run(_equivalence_args(single, dataset, frcnn_base), env=trainer_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    double = f"gs://{BUCKET}/frcnn-equiv-2"
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = [subprocess.Popen(_equivalence_args(double, dataset, frcnn_base),
-                              env={**trainer_env(), "TF_CONFIG": json.dumps(tf_config(hosts, i))},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    single, double = f"gs://{BUCKET}/frcnn-equiv-1", f"gs://{BUCKET}/frcnn-equiv-2"
+    train_one_and_two_workers(lambda run: _equivalence_args(run, dataset, frcnn_base), single,
+                              double)
     one = _model_weights(gcs, single, tmp_path / "one")
     two = _model_weights(gcs, double, tmp_path / "two")
     base = _model_weights(gcs, frcnn_base, tmp_path / "base")
@@ -184,19 +172,7 @@ def _model_weights(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndar
 def test_sigterm_saves_exits_42_and_resumes_at_that_step(
         tmp_path: Path, gcs: Storage, dataset: dict[str, str], frcnn_base: str) -> None:
     spec = _spec(tmp_path, dataset, frcnn_base, steps=16, checkpointEvery=16, logEvery=1)
-    proc = start_launcher("run-local", str(spec))
-    seen: list[str] = []
-    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    follow(proc, r"worker 1 step 3/16", seen)
-    os.kill(pid, signal.SIGTERM)
-    follow(proc, r"\[1\] exited with code 42", seen)
-    code, out, err = finish(proc, seen)
-    assert code == 0, out[-4000:] + err
-    saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
-    assert saved, out[-4000:]
-    assert f"resumed from step {saved[1]}" in out
-    first = re.search(rf"worker 0 step {int(saved[1]) + 1}/16 ", out.split("resumed from", 1)[1])
-    assert first, "the resumed run did not continue at the next step"
+    preempt_and_resume(spec, 16)
     assert latest_step(gcs, _run_dir(spec)) == 16
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +17,13 @@ import pytest
 import yaml
 
 from launcher import contract
-from launcher.local import free_ports
 from tests.integration.conftest import (
     BUCKET,
     TRAINER_ENV,
     finish,
-    follow,
+    preempt_and_resume,
     start_launcher,
+    train_one_and_two_workers,
     trainer_env,
 )
 from trainer.checkpoints import latest_step
@@ -134,17 +133,8 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(
     args = ["--freeze-pattern", "^bn", "--freeze-pattern", "^conv1$", "--steps", "3",
             "--checkpoint-every", "3", "--deterministic-input", "--learning-rate", "0.05",
             "--optimizer", "sgd"]
-    single = f"gs://{BUCKET}/keras-equiv-1"
-    result = subprocess.run(_trainer(single, keras_data, *args), env=trainer_env(),
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    double = f"gs://{BUCKET}/keras-equiv-2"
-    hosts = [f"127.0.0.1:{p}" for p in free_ports(2)]
-    procs = [subprocess.Popen(_trainer(double, keras_data, *args), env={
-        **trainer_env(), "TF_CONFIG": json.dumps(contract.tf_config(hosts, i))},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    single, double = f"gs://{BUCKET}/keras-equiv-1", f"gs://{BUCKET}/keras-equiv-2"
+    train_one_and_two_workers(lambda run: _trainer(run, keras_data, *args), single, double)
     for run, local in ((single, tmp_path / "one"), (double, tmp_path / "two")):
         gcs.download_tree(f"{run}/{contract.RUN_EXPORT}", local)
     one = _weights(tf_keras.models.load_model(str(tmp_path / "one" / "model.h5")))
@@ -161,22 +151,7 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: St
                                                          keras_data: dict[str, Any]) -> None:
     spec = _spec(tmp_path / "spec.yaml", keras_data, "pretrained.h5", steps=400,
                  checkpointEvery=400, logEvery=1)
-    proc = start_launcher("run-local", str(spec))
-    seen: list[str] = []
-    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    follow(proc, r"worker 1 step 3/400", seen)
-    os.kill(pid, signal.SIGTERM)
-    follow(proc, r"\[1\] exited with code 42", seen)
-    code, out, err = finish(proc, seen)
-    assert code == 0, out[-4000:] + err
-    saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
-    assert saved, out[-4000:]
-    assert int(saved[1]) < 400
-    assert f"resumed from step {saved[1]}" in out
-    # The restart continues at the saved step: no step before it is logged again.
-    after = out[out.index(f"resumed from step {saved[1]}"):]
-    steps = [int(s) for s in re.findall(r"worker 0 step (\d+)/400", after)]
-    assert steps and steps[0] == int(saved[1]) + 1
+    preempt_and_resume(spec, 400)
     assert latest_step(gcs, f"gs://{BUCKET}/keras-runs-{tmp_path.name}/default/kft") == 400
 
 

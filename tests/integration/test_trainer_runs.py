@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     check_saved_model,
     finish,
     follow,
+    preempt_and_resume,
     start_launcher,
     write_spec,
 )
@@ -70,18 +71,7 @@ def test_sigterm_saves_exits_42_and_resumes_at_that_step(tmp_path: Path, gcs: St
                                                          base_checkpoint: str) -> None:
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       training={"steps": 16, "checkpointEvery": 16, "logEvery": 1})
-    proc = start_launcher("run-local", str(spec))
-    seen: list[str] = []
-    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    follow(proc, r"worker 1 step 3/16", seen)
-    os.kill(pid, signal.SIGTERM)
-    follow(proc, r"\[1\] exited with code 42", seen)
-    code, out, err = finish(proc, seen)
-    assert code == 0, out[-4000:] + err
-    assert "[0] exited with code 42" in out
-    saved = re.search(r"preempted: checkpoint of step (\d+) saved", out)
-    assert saved, out[-4000:]
-    assert f"resumed from step {saved[1]}" in out
+    preempt_and_resume(spec, 16)
     assert latest_step(gcs, _run_dir(spec)) == 16
 
 
