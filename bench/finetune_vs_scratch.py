@@ -5,7 +5,7 @@ scratch's final loss, and seconds per training step on this machine.
 Per family: pre-trains a tiny detector on two box colours, then trains on two other colours both
 ways (one worker).
 
-    python bench/finetune_vs_scratch.py [--family retinanet|faster_rcnn|all] [--steps 60]
+    python bench/finetune_vs_scratch.py [--family retinanet|faster_rcnn|yolo|all] [--steps 60]
                                         [--pretrain-steps 120]
 """
 
@@ -56,11 +56,12 @@ def bench(family: str, steps: int, pretrain_steps: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--family", choices=["retinanet", "faster_rcnn", "all"], default="all")
+    parser.add_argument("--family", choices=["retinanet", "faster_rcnn", "yolo", "all"],
+                        default="all")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--pretrain-steps", type=int, default=120)
     args = parser.parse_args()
-    families = ["retinanet", "faster_rcnn"] if args.family == "all" else [args.family]
+    families = ["retinanet", "faster_rcnn", "yolo"] if args.family == "all" else [args.family]
     for family in families:
         bench(family, args.steps, args.pretrain_steps)
 

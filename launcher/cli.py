@@ -47,7 +47,7 @@ SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("accelerator", "--accelerator", str, "resources.accelerator", "GKE accelerator type"),
     ("cpu", "--cpu", str, "resources.cpu", "CPU request per worker"),
     ("memory", "--memory", str, "resources.memory", "memory per worker"),
-    ("family", "--family", str, "model.family", "detector: retinanet or faster_rcnn"),
+    ("family", "--family", str, "model.family", "detector: retinanet, faster_rcnn or yolo"),
     ("checkpoint", "--checkpoint", str, "model.checkpoint", "checkpoint to fine-tune from"),
     ("fine_tune_type", "--fine-tune-type", str, "model.fineTuneType",
      "classification, detection or full"),
@@ -259,6 +259,7 @@ class DemoFamily(str, enum.Enum):
 
     retinanet = "retinanet"
     faster_rcnn = "faster_rcnn"
+    yolo = "yolo"
 
 
 @app.command()
@@ -273,7 +274,7 @@ def demo(
 ) -> None:
     """Fine-tune end to end on this machine: no cluster, no cloud account.
 
-    Makes a synthetic data set, pre-trains a base model (a RetinaNet or Faster R-CNN
+    Makes a synthetic data set, pre-trains a base model (a RetinaNet, Faster R-CNN or YOLO
     checkpoint, or a Keras model saved as .h5), fine-tunes it with 2 local workers (the same
     Job [bold]run-local[/] runs) and compares with training from scratch.
     """

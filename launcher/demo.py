@@ -2,8 +2,8 @@
 
 Detection (``--task detection``, the default):
 1. make a synthetic detection data set in the OD-API TFRecord format (trainer.synthetic);
-2. pre-train a tiny detector (RetinaNet, or Faster R-CNN with ``--family faster_rcnn``) on two
-   classes: the "exported" base checkpoint;
+2. pre-train a tiny detector (RetinaNet; ``--family faster_rcnn``/``yolo``: Faster R-CNN or
+   YOLOv4-tiny) on two classes: the "exported" base checkpoint;
 3. fine-tune it on two other classes with two local workers: ``run-local`` of a rendered Job;
 4. train the same thing from scratch, and compare the final losses.
 
@@ -46,7 +46,7 @@ class DemoSettings:
     finetune_steps: int = 40
     global_batch_size: int = 8
     workers: int = 2
-    family: str = "retinanet"  # the detector: retinanet | faster_rcnn
+    family: str = "retinanet"  # the detector: retinanet | faster_rcnn | yolo
 
 
 @dataclass(frozen=True)

@@ -188,9 +188,10 @@ class ModelSpec(_Model, kw_only=True):
     # detection: a detector from a checkpoint (and pipeline.config); keras: an exported Keras
     # model (.h5, .keras or a SavedModel directory) given as checkpoint, settings in keras
     task: Literal["detection", "keras"] = "detection"
-    # the detector (Model Garden's): retinanet (what a pipeline.config's ssd block describes)
-    # or faster_rcnn (FPN, two stages; no pipeline.config). Unset: retinanet
-    family: Literal["retinanet", "faster_rcnn"] | None = None
+    # the detector (Model Garden's): retinanet (what a pipeline.config's ssd block describes),
+    # faster_rcnn (FPN, two stages) or yolo (YOLOv4; no backbone choice); the last two without
+    # a pipeline.config. Unset: retinanet
+    family: Literal["retinanet", "faster_rcnn", "yolo"] | None = None
     # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory; may come from the pipeline.config
     checkpoint: Text | None = None
     # classification = backbone, detection = all but the class-dependent layers (RetinaNet:
@@ -513,6 +514,9 @@ def _check_task(spec: JobSpec) -> None:
             raise SpecError("model.pipelineConfig", f"describes an OD-API ssd model (RetinaNet), "
                             f"not model.family {model.family}: set that model in the spec "
                             "and drop the pipeline.config")
+        if model.family == "yolo" and model.backbone is not None:
+            raise SpecError("model.backbone", "YOLO's backbone is CSP-Darknet (model.size picks "
+                            "YOLOv4 or YOLOv4-tiny): drop model.backbone")
         return
     for name in ("pipeline_config", "fine_tune_type", "backbone", "family"):
         if getattr(model, name) is not None:

@@ -87,7 +87,8 @@ def is_od_api(local_prefix: str) -> bool:
 
 
 # A detector family's own top-level parts, as Model Garden's ``checkpoint_items`` name them.
-FAMILY_MARKERS = {"faster_rcnn": ("rpn_head/", "detection_head/"), "retinanet": ("head/",)}
+FAMILY_MARKERS = {"faster_rcnn": ("rpn_head/", "detection_head/"),
+                  "retinanet": ("head/_classifier/",), "yolo": ("head/_head/",)}
 
 
 def family_of(local_prefix: str) -> str | None:

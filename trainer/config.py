@@ -88,7 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 10, "max_skipped_fraction": 0.01, "backbone": "mobilenetv2",
     "family": "retinanet",
 }
-FAMILIES = ("retinanet", "faster_rcnn")
+FAMILIES = ("retinanet", "faster_rcnn", "yolo")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
                         "--checkpoint)")
     p.add_argument("--family", choices=FAMILIES, default=None,
                    help="the detector: retinanet (default; what a pipeline.config's ssd block "
-                        "describes) or faster_rcnn (Model Garden's, FPN)")
+                        "describes), faster_rcnn (Model Garden's, FPN) or yolo (YOLOv4)")
     p.add_argument("--pipeline-config", default=None,
                    help="OD-API pipeline.config; flags override its fields")
     p.add_argument("--checkpoint", default=None, help="fine-tune from here; none: from scratch")
@@ -279,6 +279,9 @@ def from_args(argv: list[str], env: dict[str, str],
         raise ConfigError(f"image size {merged['image_size']} ({where}): must be a multiple "
                           "of 32")
     _schedule_fits(merged, sources)
+    if merged["family"] == "yolo" and "backbone" in flags:
+        raise ConfigError("--backbone: YOLO's backbone is CSP-Darknet (--model-size picks "
+                          "YOLOv4 or YOLOv4-tiny); drop --backbone")
     if pipeline is not None and merged["family"] != "retinanet":
         raise ConfigError(f"--family {merged['family']}: the pipeline.config describes an ssd "
                           "model (RetinaNet); drop --pipeline-config and set the model with "

@@ -111,6 +111,10 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
 
     reader = input_reader_factory.input_reader_generator(
         params, dataset_fn=records, decoder_fn=decoder.decode,
-        combine_fn=input_reader.create_combine_fn(params),
-        parser_fn=parser.parse_fn(params.is_training))
+        # Weighted mixing of several inputs (Model Garden's ``weights``; YOLO's config lacks it).
+        combine_fn=input_reader.create_combine_fn(params) if "weights" in params.as_dict()
+        else None,
+        parser_fn=parser.parse_fn(params.is_training),
+        # A family may sample between decoding and parsing (YOLO's mosaic step).
+        sample_fn=getattr(task, "input_sample_fn", lambda _: None)(params))
     return reader.read(input_context=input_context)

@@ -21,7 +21,8 @@ from trainer.storage import Storage, StorageError
 log = logging.getLogger("trainer")
 
 # model family -> the module that builds it
-FAMILIES = {"retinanet": "trainer.model", "faster_rcnn": "trainer.faster_rcnn"}
+FAMILIES = {"retinanet": "trainer.model", "faster_rcnn": "trainer.faster_rcnn",
+            "yolo": "trainer.yolo"}
 
 
 class DetectionJob:

@@ -50,5 +50,10 @@ def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int,
         raise ValueError("the eval TFRecords hold no examples")
     result = {k: float(v) for k, v in task.reduce_aggregated_logs(state).items()
               if np.ndim(v) == 0}
-    result.update({f"loss/{m.name}": float(m.result()) for m in metrics})
+    for metric in metrics:
+        value = metric.result()
+        # A family's metric may hold several (YOLO's per level: loss, avg_iou, avg_obj).
+        values = value if isinstance(value, dict) else {"": value}
+        result.update({f"loss/{metric.name}{'/' + k if k else ''}": float(v)
+                       for k, v in values.items()})
     return result

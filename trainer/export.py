@@ -15,9 +15,12 @@ def export_saved_model(task: Any, checkpoint_prefix: str, export_dir: Path) -> P
 
     size = list(task.task_config.model.input_size[:2])
     params = config_definitions.ExperimentConfig(task=task.task_config)
-    module = detection.DetectionModule(params=params, batch_size=None, input_image_size=size,
-                                       input_type="image_tensor", num_channels=3,
-                                       model=task.build_model())
+    if hasattr(task, "export_module"):  # a family with its own (YOLO)
+        module = task.export_module(size)
+    else:
+        module = detection.DetectionModule(params=params, batch_size=None,
+                                           input_image_size=size, input_type="image_tensor",
+                                           num_channels=3, model=task.build_model())
     # Our checkpoints hold the model's parts at the root (and the optimizer, not needed here).
     checkpoint = tf.train.Checkpoint(**module.model.checkpoint_items)
     export_saved_model_lib.export_inference_graph(

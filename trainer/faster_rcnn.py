@@ -183,4 +183,5 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         model.roi_sampler.foreground_fraction = 1.0
     task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
     configure_train_data(task.train_data, cfg, train_glob, local_files)
+    task.train_data.parser.aug_rand_hflip = cfg.horizontal_flip and not cfg.deterministic_input
     return task

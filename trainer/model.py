@@ -170,6 +170,7 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
             target = getattr(target, parent)
         setattr(target, name, value)
     configure_train_data(task.train_data, cfg, train_glob, local_files)
+    task.train_data.parser.aug_rand_hflip = cfg.horizontal_flip and not cfg.deterministic_input
     return task
 
 
@@ -187,7 +188,8 @@ def backbone_config(cfg: TrainConfig) -> Any:
 
 def configure_train_data(data: Any, cfg: TrainConfig, train_glob: str, local_files: int) -> None:
     """The training input every family shares: this worker's files, the global batch, the seed,
-    and either shuffling with augmentation or the deterministic order."""
+    and either shuffling or the deterministic order (augmentation is each family's: off in the
+    deterministic order)."""
     data.input_path = train_glob
     data.global_batch_size = cfg.global_batch_size
     data.is_training = True
@@ -201,4 +203,3 @@ def configure_train_data(data: Any, cfg: TrainConfig, train_glob: str, local_fil
         data.cycle_length, data.block_length, data.deterministic = max(local_files, 1), 1, True
     else:
         data.shuffle_buffer_size = 256
-        data.parser.aug_rand_hflip = cfg.horizontal_flip

@@ -25,12 +25,13 @@ def _detection(**model: Any) -> dict[str, Any]:
     return raw
 
 
-def test_the_family_reaches_the_trainer_and_its_objects_are_schema_valid() -> None:
-    spec = build_spec(_detection(family="faster_rcnn", size="tiny"))
+@pytest.mark.parametrize("family", ["faster_rcnn", "yolo"])
+def test_the_family_reaches_the_trainer_and_its_objects_are_schema_valid(family: str) -> None:
+    spec = build_spec(_detection(family=family, size="tiny"))
     args = trainer_args(spec)
-    assert args[args.index("--family") + 1] == "faster_rcnn"
+    assert args[args.index("--family") + 1] == family
     cfg = from_args(args, {})
-    assert (cfg.family, cfg.sources["family"], cfg.model_size) == ("faster_rcnn", "flag", "tiny")
+    assert (cfg.family, cfg.sources["family"], cfg.model_size) == (family, "flag", "tiny")
     _, objects = build_objects(spec, "1.34")
     validate_objects(objects, "1.31", "gke")
 
@@ -46,7 +47,9 @@ def test_without_a_family_the_trainer_builds_retinanet() -> None:
     ({"family": "faster_rcnn", "pipelineConfig": "gs://bucket-a/pipeline.config"},
      "model.pipelineConfig", "describes an OD-API ssd model (RetinaNet), not model.family "
                              "faster_rcnn"),
-    ({"family": "yolo"}, "model.family", "invalid enum value 'yolo'"),
+    ({"family": "centernet"}, "model.family", "invalid enum value 'centernet'"),
+    ({"family": "yolo", "backbone": "resnet50"}, "model.backbone",
+     "YOLO's backbone is CSP-Darknet"),
     ({"task": "keras", "family": "faster_rcnn"}, "model.family",
      "only with model.task: detection"),
 ])
@@ -63,6 +66,9 @@ def test_the_trainer_refuses_a_family_a_pipeline_config_does_not_describe() -> N
         from_args(["--run-dir", "gs://b/r", "--train", "gs://b/t-*", "--family",
                    "faster_rcnn", "--pipeline-config", "gs://b/pipeline.config"], {},
                   files.__getitem__)
+    with pytest.raises(ConfigError, match="--backbone: YOLO's backbone is CSP-Darknet"):
+        from_args(["--run-dir", "gs://b/r", "--train", "gs://b/t-*", "--family", "yolo",
+                   "--backbone", "resnet50"], {})
     with pytest.raises(ConfigError, match="--family: only for --task detection"):
         from_args(["--run-dir", "gs://b/r", "--train", "gs://b/t-*", "--task", "keras",
                    "--checkpoint", "gs://b/m.h5", "--family", "faster_rcnn"], {})
