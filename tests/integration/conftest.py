@@ -73,15 +73,42 @@ def trainer_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def base_checkpoint(gcs: Storage, dataset: dict[str, str]) -> str:
-    """A checkpoint trained from scratch by one trainer process: the 'exported' model."""
-    run_dir = f"gs://{BUCKET}/base"
+    """A RetinaNet checkpoint trained from scratch by one trainer process: the 'exported'
+    model."""
+    return train_base(f"gs://{BUCKET}/base", dataset)
+
+
+def train_base(run_dir: str, dataset: dict[str, str], *flags: str) -> str:
+    """A tiny detector (``flags``: e.g. its family) trained from scratch for 6 steps by one
+    trainer process on the 4-class records, checkpointed in ``run_dir``; ``run_dir``."""
     cmd = [sys.executable, "-m", "trainer", "--run-dir", run_dir, "--train", dataset["train"],
            "--label-map", dataset["label_map"], "--model-size", "tiny", "--image-size",
            str(IMAGE), "--steps", "6", "--global-batch-size", "8", "--checkpoint-every", "6",
-           "--no-export"]
+           "--no-export", *flags]
     result = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
+
+
+def download_checkpoint(gcs: Storage, run_dir: str, local: Path) -> str:
+    """The newest checkpoint of ``run_dir``, downloaded under ``local``: its prefix."""
+    from trainer.checkpoints import latest_step
+
+    step = latest_step(gcs, run_dir)
+    for uri in gcs.glob(f"{run_dir}/checkpoints/ckpt-{step}.*"):
+        gcs.download(uri, local / uri.rsplit("/", 1)[1])
+    return str(local / f"ckpt-{step}")
+
+
+def model_weights(gcs: Storage, run_dir: str, local: Path,
+                  parts: tuple[str, ...]) -> dict[str, Any]:
+    """The newest checkpoint's variables under the top-level ``parts`` (optimizer slots left
+    out), by checkpoint key."""
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(download_checkpoint(gcs, run_dir, local))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(tuple(f"{part}/" for part in parts)) and "OPTIMIZER_SLOT" not in k}
 
 
 def write_spec(path: Path, dataset: dict[str, str], checkpoint: str, **fields: Any) -> Path:

@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import BUCKET, IMAGE, train_one_and_two_workers, trainer_env
+from tests.integration.conftest import (
+    BUCKET,
+    IMAGE,
+    model_weights,
+    train_one_and_two_workers,
+    trainer_env,
+)
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 
@@ -31,41 +37,21 @@ def _args(run_dir: str, dataset: dict[str, str], base: str) -> list[str]:
             "0.05", "--deterministic-input", "--freeze-batchnorm", "--no-export"]
 
 
-def _weights(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    step = latest_step(gcs, run_dir)
-    assert step == STEPS
-    for uri in gcs.glob(f"{run_dir}/checkpoints/ckpt-{step}.*"):
-        gcs.download(uri, local / uri.rsplit("/", 1)[1])
-    reader = tf.train.load_checkpoint(str(local / f"ckpt-{step}"))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("backbone/", "decoder/", "head/")) and "OPTIMIZER_SLOT" not in k}
-
-
 def test_two_workers_match_one_worker_with_the_same_global_batch(
         gcs: Storage, dataset: dict[str, str], base_checkpoint: str, tmp_path: Path) -> None:
     single, double = f"gs://{BUCKET}/equiv-1", f"gs://{BUCKET}/equiv-2"
     train_one_and_two_workers(lambda run: _args(run, dataset, base_checkpoint), single, double)
-    one = _weights(gcs, single, tmp_path / "one")
-    two = _weights(gcs, double, tmp_path / "two")
-    base = _weights_at(gcs, base_checkpoint, tmp_path / "base")
+    parts = ("backbone", "decoder", "head")
+    assert latest_step(gcs, single) == latest_step(gcs, double) == STEPS
+    one = model_weights(gcs, single, tmp_path / "one", parts)
+    two = model_weights(gcs, double, tmp_path / "two", parts)
+    base = model_weights(gcs, base_checkpoint, tmp_path / "base", parts)
     assert one.keys() == two.keys() and len(one) > 50
     moved = max(float(np.abs(one[k] - base[k]).max()) for k in one if k in base)
     assert moved > 1e-3, "training did not change the weights"
     mismatched = {k: float(np.abs(two[k] - one[k]).max()) for k in one
                   if not np.allclose(two[k], one[k], rtol=1e-4, atol=2e-6)}
     assert not mismatched, sorted(mismatched.items(), key=lambda kv: -kv[1])[:40]
-
-
-def _weights_at(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    step = latest_step(gcs, run_dir)
-    for uri in gcs.glob(f"{run_dir}/checkpoints/ckpt-{step}.*"):
-        gcs.download(uri, local / uri.rsplit("/", 1)[1])
-    reader = tf.train.load_checkpoint(str(local / f"ckpt-{step}"))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()}
 
 
 def test_the_same_seed_trains_the_same_new_head(gcs: Storage, dataset: dict[str, str],

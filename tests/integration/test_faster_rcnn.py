@@ -17,9 +17,12 @@ from tests.integration.conftest import (
     BUCKET,
     IMAGE,
     check_saved_model,
+    download_checkpoint,
     finish,
+    model_weights,
     preempt_and_resume,
     start_launcher,
+    train_base,
     train_one_and_two_workers,
     trainer_env,
     write_spec,
@@ -30,19 +33,13 @@ from trainer.storage import Storage
 pytestmark = pytest.mark.integration
 FAMILY = ["--family", "faster_rcnn"]
 NEW_CLASSES = 6  # the base model knows 4
+PARTS = ("backbone", "decoder", "rpn_head", "detection_head")  # top-level, in a checkpoint
 
 
 @pytest.fixture(scope="module")
 def frcnn_base(gcs: Storage, dataset: dict[str, str]) -> str:
     """A tiny Faster R-CNN trained from scratch on the 4-class records: the 'exported' model."""
-    run_dir = f"gs://{BUCKET}/frcnn-base"
-    cmd = [sys.executable, "-m", "trainer", "--run-dir", run_dir, *FAMILY, "--train",
-           dataset["train"], "--label-map", dataset["label_map"], "--model-size", "tiny",
-           "--image-size", str(IMAGE), "--steps", "6", "--global-batch-size", "8",
-           "--checkpoint-every", "6", "--no-export"]
-    result = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir
+    return train_base(f"gs://{BUCKET}/frcnn-base", dataset, *FAMILY)
 
 
 def _spec(tmp_path: Path, dataset: dict[str, str], checkpoint: str, **training: object) -> Path:
@@ -87,7 +84,7 @@ def test_detection_fine_tune_restores_all_but_the_class_dependent_layers(
     from trainer.config import TrainConfig
     from trainer.staging import restore
 
-    prefix = _download(gcs, frcnn_base, tmp_path)
+    prefix = download_checkpoint(gcs, frcnn_base, tmp_path)
     cfg = TrainConfig(run_dir="unused", train=["unused"], family="faster_rcnn",
                       model_size="tiny", image_size=IMAGE)
     task = faster_rcnn.build_task(cfg, NEW_CLASSES + 1, "unused")
@@ -108,13 +105,6 @@ def test_detection_fine_tune_restores_all_but_the_class_dependent_layers(
     # A new class count: the classifier cannot come from the base, and keeps its fresh values.
     assert stored("detection_head/0/_classifier/kernel").shape != head._classifier.kernel.shape
     assert np.array_equal(head._classifier.kernel.numpy(), fresh[head._classifier.kernel.name])
-
-
-def _download(gcs: Storage, run_dir: str, local: Path) -> str:
-    step = latest_step(gcs, run_dir)
-    for uri in gcs.glob(f"{run_dir}/checkpoints/ckpt-{step}.*"):
-        gcs.download(uri, local / uri.rsplit("/", 1)[1])
-    return str(local / f"ckpt-{step}")
 
 
 def test_a_retinanet_checkpoint_gives_a_faster_rcnn_its_backbone_only(
@@ -147,9 +137,9 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(
     single, double = f"gs://{BUCKET}/frcnn-equiv-1", f"gs://{BUCKET}/frcnn-equiv-2"
     train_one_and_two_workers(lambda run: _equivalence_args(run, dataset, frcnn_base), single,
                               double)
-    one = _model_weights(gcs, single, tmp_path / "one")
-    two = _model_weights(gcs, double, tmp_path / "two")
-    base = _model_weights(gcs, frcnn_base, tmp_path / "base")
+    one = model_weights(gcs, single, tmp_path / "one", PARTS)
+    two = model_weights(gcs, double, tmp_path / "two", PARTS)
+    base = model_weights(gcs, frcnn_base, tmp_path / "base", PARTS)
     assert one.keys() == two.keys() and len(one) > 50
     parts = {name.split("/", 1)[0] for name in one}
     assert parts == {"backbone", "decoder", "rpn_head", "detection_head"}
@@ -158,15 +148,6 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(
     mismatched = {k: float(np.abs(two[k] - one[k]).max()) for k in one
                   if not np.allclose(two[k], one[k], rtol=1e-4, atol=2e-6)}
     assert not mismatched, sorted(mismatched.items(), key=lambda kv: -kv[1])[:40]
-
-
-def _model_weights(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(_download(gcs, run_dir, local))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("backbone/", "decoder/", "rpn_head/", "detection_head/"))
-            and "OPTIMIZER_SLOT" not in k}
 
 
 def test_sigterm_saves_exits_42_and_resumes_at_that_step(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,11 +16,13 @@ from tests.integration.conftest import (
     BUCKET,
     IMAGE,
     check_saved_model,
+    download_checkpoint,
     finish,
+    model_weights,
     preempt_and_resume,
     start_launcher,
+    train_base,
     train_one_and_two_workers,
-    trainer_env,
     write_spec,
 )
 from trainer.checkpoints import latest_step
@@ -30,19 +31,13 @@ from trainer.storage import Storage
 pytestmark = pytest.mark.integration
 FAMILY = ["--family", "yolo"]
 NEW_CLASSES = 6  # the base model knows 4
+PARTS = ("backbone", "decoder", "head")  # top-level, in a checkpoint
 
 
 @pytest.fixture(scope="module")
 def yolo_base(gcs: Storage, dataset: dict[str, str]) -> str:
     """A tiny YOLO trained from scratch on the 4-class records: the 'exported' model."""
-    run_dir = f"gs://{BUCKET}/yolo-base"
-    cmd = [sys.executable, "-m", "trainer", "--run-dir", run_dir, *FAMILY, "--train",
-           dataset["train"], "--label-map", dataset["label_map"], "--model-size", "tiny",
-           "--image-size", str(IMAGE), "--steps", "6", "--global-batch-size", "8",
-           "--checkpoint-every", "6", "--no-export"]
-    result = subprocess.run(cmd, env=trainer_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return run_dir
+    return train_base(f"gs://{BUCKET}/yolo-base", dataset, *FAMILY)
 
 
 def _run_dir(spec_file: Path) -> str:
@@ -76,15 +71,8 @@ def test_checkpoints_tell_their_family(gcs: Storage, yolo_base: str, base_checkp
     """YOLO and RetinaNet both keep a ``head``; the family is read from inside it."""
     from trainer.checkpoints import family_of
 
-    assert family_of(_download(gcs, yolo_base, tmp_path / "yolo")) == "yolo"
-    assert family_of(_download(gcs, base_checkpoint, tmp_path / "retinanet")) == "retinanet"
-
-
-def _download(gcs: Storage, run_dir: str, local: Path) -> str:
-    step = latest_step(gcs, run_dir)
-    for uri in gcs.glob(f"{run_dir}/checkpoints/ckpt-{step}.*"):
-        gcs.download(uri, local / uri.rsplit("/", 1)[1])
-    return str(local / f"ckpt-{step}")
+    for run_dir, family in ((yolo_base, "yolo"), (base_checkpoint, "retinanet")):
+        assert family_of(download_checkpoint(gcs, run_dir, tmp_path / family)) == family
 
 
 def _equivalence_args(run_dir: str, dataset: dict[str, str], base: str) -> list[str]:
@@ -101,9 +89,9 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(
     single, double = f"gs://{BUCKET}/yolo-equiv-1", f"gs://{BUCKET}/yolo-equiv-2"
     train_one_and_two_workers(lambda run: _equivalence_args(run, dataset, yolo_base), single,
                               double)
-    one = _model_weights(gcs, single, tmp_path / "one")
-    two = _model_weights(gcs, double, tmp_path / "two")
-    base = _model_weights(gcs, yolo_base, tmp_path / "base")
+    one = model_weights(gcs, single, tmp_path / "one", PARTS)
+    two = model_weights(gcs, double, tmp_path / "two", PARTS)
+    base = model_weights(gcs, yolo_base, tmp_path / "base", PARTS)
     assert one.keys() == two.keys() and len(one) > 30
     assert {name.split("/", 1)[0] for name in one} == {"backbone", "decoder", "head"}
     moved = max(float(np.abs(one[k] - base[k]).max()) for k in one)
@@ -111,14 +99,6 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(
     mismatched = {k: float(np.abs(two[k] - one[k]).max()) for k in one
                   if not np.allclose(two[k], one[k], rtol=1e-4, atol=2e-6)}
     assert not mismatched, sorted(mismatched.items(), key=lambda kv: -kv[1])[:40]
-
-
-def _model_weights(gcs: Storage, run_dir: str, local: Path) -> dict[str, np.ndarray]:
-    import tensorflow as tf
-
-    reader = tf.train.load_checkpoint(_download(gcs, run_dir, local))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(("backbone/", "decoder/", "head/")) and "OPTIMIZER_SLOT" not in k}
 
 
 def test_sigterm_saves_exits_42_and_resumes_at_that_step(
