@@ -88,7 +88,9 @@ DEFAULTS: dict[str, Any] = {
     "log_every": 10, "max_skipped_fraction": 0.01, "backbone": "mobilenetv2",
     "family": "retinanet",
 }
-FAMILIES = ("retinanet", "faster_rcnn", "yolo")
+# detector family -> the module that builds it (``trainer.detection_job``)
+FAMILIES = {"retinanet": "trainer.model", "faster_rcnn": "trainer.faster_rcnn",
+            "yolo": "trainer.yolo"}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -101,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
                    help="detection: a Model Garden detector (default); keras: fine-tune an "
                         "exported Keras model (.h5, .keras or a SavedModel directory, given as "
                         "--checkpoint)")
-    p.add_argument("--family", choices=FAMILIES, default=None,
+    p.add_argument("--family", choices=list(FAMILIES), default=None,
                    help="the detector: retinanet (default; what a pipeline.config's ssd block "
                         "describes), faster_rcnn (Model Garden's, FPN) or yolo (YOLOv4)")
     p.add_argument("--pipeline-config", default=None,

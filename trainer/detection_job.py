@@ -1,9 +1,10 @@
 """The detection task: a Model Garden detector on OD-API TFRecords (``trainer.data``), COCO
 evaluation and a detection SavedModel. ``trainer.train`` runs the loop.
 
-What differs between detector families lives in one module each (``FAMILIES``): ``build_task``
-returns a Model Garden task whose losses are normalised over the global batch and which adds
-``input_parser``, ``warm_up`` and ``fine_tune_items``; ``LOG_NAMES`` are its training losses."""
+What differs between detector families lives in one module each (``config.FAMILIES``):
+``build_task`` returns a Model Garden task whose losses are normalised over the global batch and
+which adds ``input_parser``, ``warm_up`` and ``fine_tune_items``; ``LOG_NAMES`` are its training
+losses."""
 
 from __future__ import annotations
 
@@ -14,15 +15,11 @@ from typing import Any
 
 from trainer import checkpoints
 from trainer.cluster import ClusterInfo
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import FAMILIES, ConfigError, TrainConfig
 from trainer.staging import Staged, restore, stage_records
 from trainer.storage import Storage, StorageError
 
 log = logging.getLogger("trainer")
-
-# model family -> the module that builds it
-FAMILIES = {"retinanet": "trainer.model", "faster_rcnn": "trainer.faster_rcnn",
-            "yolo": "trainer.yolo"}
 
 
 class DetectionJob:

@@ -71,25 +71,20 @@ class GlobalBatchFasterRCNNTask(maskrcnn.MaskRCNNTask):
     def train_step(self, inputs: Any, model: Any, optimizer: Any,
                    metrics: list[Any] | None = None) -> dict[str, Any]:
         """Model Garden's step, returning every loss (its own returns only the total)."""
-        import tf_keras
+        from trainer.optim import minimize
 
         images, labels = inputs
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
+
+        def compute() -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
             outputs = model(images, image_shape=labels["image_info"][:, 1, :],
                             anchor_boxes=labels["anchor_boxes"], gt_boxes=labels["gt_boxes"],
                             gt_classes=labels["gt_classes"], training=True)
             outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
             losses = self.build_losses(outputs=outputs, labels=labels, aux_losses=model.losses)
-            scaled = losses["total_loss"] / replicas
-            mixed = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
-            if mixed:
-                scaled = optimizer.get_scaled_loss(scaled)
-        variables = model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if mixed:
-            grads = optimizer.get_unscaled_gradients(grads)
-        optimizer.apply_gradients(list(zip(grads, variables, strict=True)))
+            return losses["total_loss"] / replicas, losses
+
+        losses = minimize(model, optimizer, compute)
         for metric in metrics or []:
             metric.update_state(losses[metric.name])
         return {name: losses[name] for name in LOG_NAMES}

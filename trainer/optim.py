@@ -1,12 +1,16 @@
 """The learning-rate schedule every task shares: a linear warm-up from ``warmup_learning_rate``
 to the base rate, then cosine decay to 0 at ``total_steps`` (default: the run's steps), or
-constant."""
+constant; the detectors' optimizer and the update step of the families with their own.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from trainer.config import TrainConfig
+
+T = TypeVar("T")
 
 
 def schedule(cfg: TrainConfig, base: float | None = None) -> Any:
@@ -37,3 +41,24 @@ def sgd(cfg: TrainConfig, mixed: bool) -> Any:
     if mixed:
         optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def minimize(model: Any, optimizer: Any, compute: Callable[[], tuple[Any, T]]) -> T:
+    """One update of ``model``'s trainable variables. ``compute()`` runs under the gradient tape
+    and returns the loss to minimise (already divided as the strategy needs) and anything else,
+    which is returned. With a ``LossScaleOptimizer`` the loss is scaled before the backward pass
+    and the gradients unscaled after it."""
+    import tensorflow as tf
+    import tf_keras
+
+    mixed = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+    with tf.GradientTape() as tape:
+        loss, extra = compute()
+        if mixed:
+            loss = optimizer.get_scaled_loss(loss)
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    if mixed:
+        grads = optimizer.get_unscaled_gradients(grads)
+    optimizer.apply_gradients(list(zip(grads, variables, strict=True)))
+    return extra

@@ -76,22 +76,18 @@ class GlobalBatchYoloTask(yolo.YoloTask):
     def train_step(self, inputs: Any, model: Any, optimizer: Any,
                    metrics: list[Any] | None = None) -> dict[str, Any]:
         """Model Garden's step, returning the loss parts (its own returns its metrics')."""
-        import tf_keras
+        from trainer.optim import minimize
 
         images, labels = inputs
-        with tf.GradientTape() as tape, _cpu_safe_grids():
-            outputs = model(images, training=True)
-            outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
-            scaled, loss, parts = self.build_losses(outputs["raw_output"], labels)
-            mixed = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
-            if mixed:
-                scaled = optimizer.get_scaled_loss(scaled)
-        variables = model.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        if mixed:
-            grads = optimizer.get_unscaled_gradients(grads)
-        optimizer.apply_gradients(list(zip(grads, variables, strict=True)))
-        net = parts["net"]
+
+        def compute() -> tuple[tf.Tensor, tuple[tf.Tensor, dict[str, tf.Tensor]]]:
+            with _cpu_safe_grids():
+                outputs = model(images, training=True)
+                outputs = tf.nest.map_structure(lambda x: tf.cast(x, tf.float32), outputs)
+                scaled, loss, parts = self.build_losses(outputs["raw_output"], labels)
+            return scaled, (loss, parts["net"])
+
+        loss, net = minimize(model, optimizer, compute)
         return {"total_loss": loss, "box_loss": net["box"], "conf_loss": net["conf"],
                 "class_loss": net["class"]}
 
