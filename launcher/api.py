@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from launcher.errors import first_line
 from launcher.render import render
 from launcher.spec import JobSpec, SpecSource, load_spec
 from launcher.validate import DEFAULT_K8S_VERSION, validate_objects
+from trainer.text import first_line
 
 
 def build_objects(source: SpecSource | JobSpec, k8s_version: str = DEFAULT_K8S_VERSION,
@@ -30,8 +30,8 @@ def job_object(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_run_spec(spec: JobSpec, storage: Any = None) -> str:
     """Store the resolved spec as ``spec.yaml`` in the job's run directory; returns its URI."""
-    from launcher import contract
     from launcher.spec import dump_spec
+    from trainer import contract
 
     uri = contract.run_path(spec.job_run_dir, contract.RUN_SPEC)
     # google-cloud-storage comes with the trainer extra, which running locally needs anyway.
@@ -97,7 +97,7 @@ def record_run_dir(spec: JobSpec, job: dict[str, Any]) -> None:
     directory."""
     import json
 
-    from launcher import contract
+    from trainer import contract
     from trainer.storage import Storage
 
     meta = job["metadata"]
@@ -161,8 +161,8 @@ def purge_plan(job: dict[str, Any]) -> Any:
 
     import yaml
 
-    from launcher import contract
     from launcher.errors import LauncherError
+    from trainer import contract
 
     meta = job["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], meta["uid"]

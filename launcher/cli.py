@@ -124,7 +124,7 @@ MAX_ERROR_LINE = 1000
 def fail(err: LauncherError) -> typer.Exit:
     """Print one error line (control characters escaped, length capped) and return the exit to
     raise."""
-    from launcher.errors import escape
+    from trainer.text import escape
 
     text = escape(str(err))
     if len(text) > MAX_ERROR_LINE:

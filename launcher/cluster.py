@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher import contract
-from launcher.errors import LauncherError, first_line
+from launcher.errors import LauncherError
 from launcher.kube import Kube, KubeError
 from launcher.status import job_phase, owned_pods, pod_index
+from trainer import contract
+from trainer.text import first_line
 
 MANAGED = f"{contract.LABEL_MANAGED_BY}={contract.MANAGER}"
 # What a job consists of, in delete order (the Job last, foreground: its pods first).

@@ -30,8 +30,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from launcher import contract
 from launcher.errors import LauncherError
+from trainer import contract
 
 MARKER = ".launcher-demo"
 STEP_LINE = re.compile(r"worker 0 step (\d+)/(\d+) loss (\S+)")

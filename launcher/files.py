@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.errors import UsageError, shown
+from launcher.errors import UsageError
+from trainer.text import shown
 
 
 def write_all(directory: Path, files: dict[str, str], create_dir: bool = True) -> None:

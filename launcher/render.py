@@ -15,8 +15,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from launcher import contract
 from launcher.spec import JobSpec, to_data
+from trainer import contract
 
 # Exit codes after which a worker is retried: retryable, peer lost, and death by signal (128+n).
 RETRY_CODES: list[int] = [contract.EXIT_RETRYABLE, contract.EXIT_PEER_LOST, *range(128, 256)]

@@ -18,8 +18,10 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from launcher import contract, useryaml
-from launcher.errors import SpecError, shown
+from launcher import useryaml
+from launcher.errors import SpecError
+from trainer import contract
+from trainer.text import shown
 
 Profile = Literal["gke", "kind", "generic"]
 FineTuneType = Literal["classification", "detection", "full"]

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from launcher import contract
 from launcher.errors import LauncherError
 from launcher.kube import Kube, KubeError
+from trainer import contract
 
 IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 GPU = "nvidia.com/gpu"

@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from launcher.errors import SpecError, shown
+from launcher.errors import SpecError
+from trainer.text import shown
 
 MAX_NODES = 100_000  # nodes after alias expansion; a real spec has a few hundred
 MAX_DEPTH = 50

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from launcher import contract
 from launcher.errors import ManifestError
+from trainer import contract
 
 DEFAULT_K8S_VERSION = "1.34"
 MIN_K8S_VERSION = (1, 31)  # podFailurePolicy GA; backoffLimitPerIndex and friends are on by default

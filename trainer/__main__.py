@@ -1,6 +1,6 @@
 """``python -m trainer``: the process that runs in every pod (and every run-local worker).
 
-Exit codes follow ``launcher.contract``: 0 done, 1 user error, 42 preempted/retryable, 43 peer lost.
+Exit codes follow ``trainer.contract``: 0 done, 1 user error, 42 preempted/retryable, 43 peer lost.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 import os
 import sys
 
-from launcher import contract
-from launcher.errors import first_line
+from trainer import contract
+from trainer.text import first_line
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,9 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from launcher import contract
-from launcher.errors import first_line
+from trainer import contract
 from trainer.storage import Storage, StorageError, is_gcs, join
+from trainer.text import first_line
 
 log = logging.getLogger(__name__)
 CKPT_FILE = re.compile(r"ckpt-(\d+)\.(index|data-\d+-of-\d+)$")

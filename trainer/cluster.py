@@ -9,7 +9,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from launcher import contract
+from trainer import contract
 
 log = logging.getLogger(__name__)
 

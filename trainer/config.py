@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher import contract
+from trainer import contract
 from trainer.pipeline_config import PipelineConfig, PipelineConfigError
 from trainer.pipeline_config import parse as parse_pipeline
 

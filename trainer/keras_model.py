@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.errors import first_line
 from trainer.config import ConfigError, TrainConfig
+from trainer.text import first_line
 
 FORMATS = {".h5": "h5", ".hdf5": "h5", ".keras": "keras"}
 FORMAT_NAMES = {"h5": "HDF5 (.h5)", "keras": ".keras", "savedmodel": "SavedModel"}

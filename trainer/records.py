@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.errors import first_line
+from trainer.text import first_line
 
 REASONS = {
     "no_boxes": "no boxes",

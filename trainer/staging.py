@@ -106,6 +106,6 @@ def restore(checkpoint: Any, prefix: str, what: str) -> None:
     try:
         checkpoint.read(prefix).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError) as err:
-        from launcher.errors import first_line
+        from trainer.text import first_line
 
         raise ConfigError(f"{what} does not fit this model: {first_line(err, 300)}") from None

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from launcher import contract
-from launcher.errors import first_line
-from trainer import checkpoints
+from trainer import checkpoints, contract
 from trainer.cluster import ClusterInfo, make_strategy
 from trainer.config import ConfigError, TrainConfig
 from trainer.staging import Staged, restore, stage_resume
 from trainer.storage import Storage, join
+from trainer.text import first_line
 
 log = logging.getLogger("trainer")
 
@@ -161,7 +160,7 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage, st
 
 def train(cfg: TrainConfig, cluster: ClusterInfo, labels: dict[int, str] | None,
           num_classes: int | None, storage: Storage) -> int:
-    """Run the job; returns the process exit code (see ``launcher.contract``). The scratch
+    """Run the job; returns the process exit code (see ``trainer.contract``). The scratch
     directory (staged inputs, local checkpoints, export) is removed on every way out, exit 42
     through ``SystemExit`` included."""
     scratch = Path(tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("TRAINER_SCRATCH")))

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from launcher import contract
 from tests.cluster.conftest import cli, job_of, wait_condition
 from tests.cluster.controlplane import ControlPlane, wait_for
+from trainer import contract
 
 
 def _one_error_line(result: Any, expected: str) -> None:

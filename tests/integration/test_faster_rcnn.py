@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher import contract
 from tests.integration.conftest import (
     BUCKET,
     IMAGE,
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     trainer_env,
     write_spec,
 )
+from trainer import contract
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 
-from launcher import contract
 from tests.integration.conftest import (
     BUCKET,
     TRAINER_ENV,
@@ -26,6 +25,7 @@ from tests.integration.conftest import (
     train_one_and_two_workers,
     trainer_env,
 )
+from trainer import contract
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 

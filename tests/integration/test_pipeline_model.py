@@ -141,8 +141,8 @@ def test_a_zoo_config_trains_evaluates_and_exports(gcs, dataset: dict[str, str],
     import subprocess
     import sys
 
-    from launcher import contract
     from tests.integration.conftest import BUCKET, trainer_env
+    from trainer import contract
 
     text = fpnlite(share_tower=False)
     for placeholder, value in (("PATH_TO_BE_CONFIGURED/resnet50.ckpt-1", ""),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import contract
 from tests.integration.conftest import BUCKET, IMAGE, trainer_env, write_spec
+from trainer import contract
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage, split_gcs
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher import contract
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import BUCKET, IMAGE, trainer_env
+from trainer import contract
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from launcher import contract
 from tests.integration.conftest import (
     BUCKET,
     check_saved_model,
@@ -21,6 +20,7 @@ from tests.integration.conftest import (
     start_launcher,
     write_spec,
 )
+from trainer import contract
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 

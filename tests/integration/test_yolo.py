@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher import contract
 from tests.integration.conftest import (
     BUCKET,
     IMAGE,
@@ -25,6 +24,7 @@ from tests.integration.conftest import (
     train_one_and_two_workers,
     write_spec,
 )
+from trainer import contract
 from trainer.checkpoints import latest_step
 from trainer.storage import Storage
 

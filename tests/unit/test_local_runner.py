@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import yaml
 
-from launcher import contract
 from launcher.api import job_object
 from launcher.local import LocalRunError, LocalRunner, worker_commands
 from launcher.render import render
 from launcher.spec import build_spec
 from tests.conftest import BASE_SPEC
+from trainer import contract
 
 # A worker that follows a per-index script of exit codes, one per attempt; it logs its attempt
 # and, for "hang", sleeps until signalled.

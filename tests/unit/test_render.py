@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
-from launcher import contract
 from launcher.api import build_objects
 from launcher.errors import SpecError
 from launcher.render import RETRY_CODES, render, to_json, to_yaml
 from launcher.spec import build_spec, image_warnings
 from launcher.validate import validate_objects
 from tests.conftest import BASE_SPEC
+from trainer import contract
 
 PROFILES = ["gke", "kind", "generic"]
 
