@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 def make_data(root: Path, classes: list[int], shards: int = 4, per_shard: int = 32,
               size: int = 64, seed: int = 0) -> str:
     """OD-API TFRecords under ``root``; returns their glob."""
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     synthetic.write_dataset(root, "train", shards, per_shard, size, classes, seed)
     (root / "label_map.pbtxt").write_text(synthetic.label_map_text(classes))

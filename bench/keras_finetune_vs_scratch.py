@@ -2,7 +2,7 @@
 (pre-trained CNN, first conv block frozen, new head) and of the same network from scratch, and
 how many steps the fine-tune needs to reach scratch's final eval loss, as a ratio.
 
-Uses the keras demo's data and models (``trainer.synthetic_keras``): pre-trained on three
+Uses the keras demo's data and models (``trainer.keras.synthetic``): pre-trained on three
 patterns, both runs train on four.
 
     python bench/keras_finetune_vs_scratch.py [--steps 60] [--every 5]
@@ -24,8 +24,8 @@ def _eval_losses(run_dir: Path, model_file: Path, data: Path, every: int,
     import tf_keras
 
     from trainer.config import parse_label_map
-    from trainer.keras_data import Classes, build_dataset
-    from trainer.keras_model import load, with_head
+    from trainer.keras.data import Classes, build_dataset
+    from trainer.keras.model import load, with_head
 
     labels = parse_label_map((data / "finetune" / "label_map.pbtxt").read_text())
     classes = Classes(len(labels), {name: i for i, name in labels.items()})
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        from trainer import synthetic_keras
+        from trainer.keras import synthetic as synthetic_keras
 
         synthetic_keras.write_demo(root / "data")
         data = root / "data"

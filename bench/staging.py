@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0,
                         help="delay added to each request on its way to the emulator")
     args = parser.parse_args()
-    from trainer.storage import Storage
+    from trainer.run.storage import Storage
 
     with gcs_emulator(), tempfile.TemporaryDirectory() as tmp:
         if args.delay_ms:

@@ -26,8 +26,8 @@ def _step_times(lines: list[tuple[float, str]]) -> dict[int, float]:
 def _input_throughput(pattern: str, batch: int, batches: int) -> float:
     """Examples/s of the input pipeline alone (decode, resize, flip, anchors, batch)."""
     from trainer.config import TrainConfig
-    from trainer.data import build_dataset
-    from trainer.model import GlobalBatchRetinaNetTask, task_config
+    from trainer.detection.data import build_dataset
+    from trainer.detection.families.retinanet.task import GlobalBatchRetinaNetTask, task_config
 
     cfg = TrainConfig(run_dir="/tmp", train=[pattern], model_size="tiny", image_size=64,
                       global_batch_size=batch)
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, gcs_emulator():
-        from trainer.storage import Storage
+        from trainer.run.storage import Storage
 
         Storage().client.create_bucket("bench")
         pattern = make_data(Path(tmp) / "data", [1, 2, 3, 4])

@@ -35,7 +35,7 @@ def write_run_spec(spec: JobSpec, storage: Any = None) -> str:
 
     uri = contract.run_path(spec.job_run_dir, contract.RUN_SPEC)
     # google-cloud-storage comes with the trainer extra, which running locally needs anyway.
-    from trainer.storage import Storage
+    from trainer.run.storage import Storage
 
     (storage or Storage()).write_text(uri, dump_spec(spec))
     return uri
@@ -57,8 +57,8 @@ def run_local(source: SpecSource | JobSpec, out: TextIO = sys.stdout,
 def run_progress(run_dir: str) -> int | None:
     """The newest published step in a run directory, when it can be read from here."""
     try:
-        from trainer.checkpoints import latest_step
-        from trainer.storage import Storage
+        from trainer.run.checkpoints import latest_step
+        from trainer.run.storage import Storage
 
         return latest_step(Storage(), run_dir)
     except Exception:  # no trainer extra, no credentials, no network: progress unknown
@@ -98,7 +98,7 @@ def record_run_dir(spec: JobSpec, job: dict[str, Any]) -> None:
     import json
 
     from trainer import contract
-    from trainer.storage import Storage
+    from trainer.run.storage import Storage
 
     meta = job["metadata"]
     storage = Storage()
@@ -172,7 +172,7 @@ def purge_plan(job: dict[str, Any]) -> Any:
         raise LauncherError(f"{refuse} is not a run directory of {ns}/{name} "
                             "(<runDir>/<namespace>/<job>); nothing was deleted")
     try:
-        from trainer.storage import Storage
+        from trainer.run.storage import Storage
 
         storage = Storage()
         record = json.loads(storage.read_text(contract.run_path(run_dir,

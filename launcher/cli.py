@@ -20,6 +20,7 @@ import typer
 from launcher import __version__
 from launcher.errors import LauncherError, SpecError
 from launcher.validate import DEFAULT_K8S_VERSION
+from trainer.fields import FIELDS
 
 app = typer.Typer(
     name="launcher",
@@ -36,8 +37,9 @@ kind_app = typer.Typer(help="A local kind cluster with a GCS emulator.", no_args
 app.add_typer(kind_app, name="kind")
 ClusterName = Annotated[str, typer.Option("--name", help="kind cluster name")]
 
-# Flags for the common spec fields: (parameter, flag, type, dotted spec path, help).
-SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
+# Flags for the common spec fields: (parameter, flag, type, dotted spec path, help). The
+# training fields among them come from the field table (``trainer.fields``, ``launcher_flag``).
+_JOB_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("profile", "--profile", str, "profile", "gke, kind or generic: sets defaults"),
     ("name", "--name", str, "name", "job name"),
     ("namespace", "--namespace", str, "namespace", "Kubernetes namespace"),
@@ -47,20 +49,7 @@ SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
     ("accelerator", "--accelerator", str, "resources.accelerator", "GKE accelerator type"),
     ("cpu", "--cpu", str, "resources.cpu", "CPU request per worker"),
     ("memory", "--memory", str, "resources.memory", "memory per worker"),
-    ("family", "--family", str, "model.family", "detector: retinanet, faster_rcnn or yolo"),
-    ("checkpoint", "--checkpoint", str, "model.checkpoint", "checkpoint to fine-tune from"),
-    ("fine_tune_type", "--fine-tune-type", str, "model.fineTuneType",
-     "classification, detection or full"),
-    ("label_map", "--label-map", str, "model.labelMap", "label_map.pbtxt URI"),
-    ("pipeline_config", "--pipeline-config", str, "model.pipelineConfig", "pipeline.config URI"),
-    ("train", "--train", list[str], "data.train", "training TFRecord glob (repeatable)"),
-    ("eval", "--eval", list[str], "data.eval", "eval TFRecord glob (repeatable)"),
     ("run_dir", "--run-dir", str, "runDir", "root of run directories"),
-    ("steps", "--steps", int, "training.steps", "training steps"),
-    ("global_batch_size", "--global-batch-size", int, "training.globalBatchSize",
-     "batch size summed over replicas"),
-    ("checkpoint_every", "--checkpoint-every", int, "training.checkpointEvery",
-     "steps between checkpoints"),
     ("queue", "--queue", str, "scheduling.queue", "Kueue LocalQueue"),
     ("retries", "--retries", int, "scheduling.retriesPerIndex", "retries per worker index"),
     ("ttl", "--ttl", int, "scheduling.ttlSecondsAfterFinished", "seconds to keep a finished job"),
@@ -69,6 +58,11 @@ SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = [
      "Workload Identity GCP service account"),
     ("key_secret", "--key-secret", str, "auth.keySecret", "Secret holding key.json"),
 ]
+SPEC_FLAGS: list[tuple[str, str, Any, str, str]] = _JOB_FLAGS + [
+    (f.name, f.flag, list[f.type] if f.repeated else f.type, f.spec or "", f.help
+     + (f": {', '.join(f.options() or ())}" if f.choices else "")
+     + (" (repeatable)" if f.repeated else ""))
+    for f in FIELDS if f.launcher_flag]
 
 
 def _spec_flag_param(param: str, flag: str, typ: Any, help_text: str) -> inspect.Parameter:
@@ -235,7 +229,8 @@ def run_local(
     Worker output is prefixed with its index; exit codes 42/43 restart the whole group within
     the retry budget, exit code 1 stops every worker.
     """
-    from launcher import api, contract
+    from launcher import api
+    from trainer import contract
 
     try:
         spec = api.run_local(spec_source, grace=grace)
@@ -554,7 +549,7 @@ def spec_init(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
 ) -> None:
     """Write a commented example spec that documents every field."""
-    from launcher.spec import example_spec_text
+    from launcher.reference import example_spec_text
 
     text = example_spec_text()
     if path is None:

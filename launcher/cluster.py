@@ -161,7 +161,7 @@ def input_checks(spec: Any, probe_write: bool = False) -> list[Check]:
             resolve_keras_classes,
             resolve_num_classes,
         )
-        from trainer.storage import Storage, StorageError
+        from trainer.run.storage import Storage, StorageError
     except ImportError:
         return [Check("warning", "inputs not checked: install the [trainer] extra to check "
                                  "them")]
@@ -199,7 +199,7 @@ def _keras_model_problem(storage: Any, uri: str) -> str | None:
     """What the trainer would refuse about a Keras model file, found without TensorFlow: a
     missing file, an unknown format, a Keras 3 file (local files only: no download here)."""
     from trainer.config import ConfigError
-    from trainer.keras_model import FORMATS, check_file
+    from trainer.keras.model import FORMATS, check_file
 
     is_file = uri.lower().endswith(tuple(FORMATS))
     if is_file and not storage.glob(uri):

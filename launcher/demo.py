@@ -1,14 +1,14 @@
 """``launcher demo``: the whole story on one machine, no cluster and no cloud account.
 
 Detection (``--task detection``, the default):
-1. make a synthetic detection data set in the OD-API TFRecord format (trainer.synthetic);
+1. make a synthetic detection data set in the OD-API TFRecord format (trainer.detection.synthetic);
 2. pre-train a tiny detector (RetinaNet; ``--family faster_rcnn``/``yolo``: Faster R-CNN or
    YOLOv4-tiny) on two classes: the "exported" base checkpoint;
 3. fine-tune it on two other classes with two local workers: ``run-local`` of a rendered Job;
 4. train the same thing from scratch, and compare the final losses.
 
 Keras (``--task keras``): a synthetic image-classification set and a small CNN pre-trained on three
-patterns and saved as ``.h5`` (trainer.synthetic_keras); fine-tuned on four patterns (a new head)
+patterns and saved as ``.h5`` (trainer.keras.synthetic); fine-tuned on four patterns (a new head)
 with its first block frozen by two local workers; the same network from scratch; compared.
 
 The launcher itself never imports TensorFlow: every TensorFlow step is a ``python -m trainer``
@@ -152,7 +152,7 @@ def run_demo(workdir: Path, settings: DemoSettings,
     logs = workdir / "logs"
     step_cb = stage("make the synthetic data set", 1)
     log = StageLog(logs / "data.log", step_cb)
-    _trainer_module("trainer.synthetic", [str(data), str(settings.image_size)], log)
+    _trainer_module("trainer.detection.synthetic", [str(data), str(settings.image_size)], log)
     step_cb(1, 1)
     log.close()
     common = ["--family", settings.family, "--model-size", "tiny",
@@ -208,7 +208,7 @@ def run_keras_demo(workdir: Path, settings: KerasDemoSettings,
     data, logs = workdir / "data", workdir / "logs"
     step_cb = stage("make the data set, pre-train a CNN (3 patterns)", 1)
     log = StageLog(logs / "data.log", step_cb)
-    _trainer_module("trainer.synthetic_keras", [str(data), str(settings.image_size)], log)
+    _trainer_module("trainer.keras.synthetic", [str(data), str(settings.image_size)], log)
     step_cb(1, 1)
     log.close()
     spec = _finetune(workdir, keras_demo_spec(workdir, settings), stage(

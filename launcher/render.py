@@ -15,8 +15,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from launcher.spec import JobSpec, to_data
-from trainer import contract
+from launcher.spec import JobSpec, given_fields, to_data, training_values
+from trainer import contract, fields
 
 # Exit codes after which a worker is retried: retryable, peer lost, and death by signal (128+n).
 RETRY_CODES: list[int] = [contract.EXIT_RETRYABLE, contract.EXIT_PEER_LOST, *range(128, 256)]
@@ -63,55 +63,11 @@ def _environment() -> jinja2.Environment:
 
 
 def trainer_args(spec: JobSpec) -> list[str]:
-    """Command-line arguments of ``python -m trainer`` for this spec (see ``trainer.cli``)."""
-    m, t = spec.model, spec.training
-    args = ["--run-dir", spec.job_run_dir]
-    args += ["--task", "keras"] if m.task == "keras" else ["--model-size", m.size]
-    optional: list[tuple[str, Any]] = [
-        ("--family", m.family), ("--checkpoint", m.checkpoint), ("--backbone", m.backbone),
-        ("--fine-tune-type", m.fine_tune_type),
-        ("--pipeline-config", m.pipeline_config), ("--label-map", m.label_map),
-        ("--num-classes", m.num_classes), ("--image-size", m.image_size),
-        ("--steps", t.steps), ("--global-batch-size", t.global_batch_size),
-        ("--checkpoint-every", t.checkpoint_every), ("--keep-checkpoints", t.keep_checkpoints),
-        ("--learning-rate", t.learning_rate), ("--warmup-steps", t.warmup_steps),
-        ("--log-every", t.log_every), ("--max-skipped-fraction", spec.data.max_skipped_fraction),
-    ]
-    for flag, value in optional:
-        if value is not None:
-            args += [flag, str(value)]
-    if not t.export:
-        args.append("--no-export")
-    if t.mixed_precision is not None:
-        args.append("--mixed-precision" if t.mixed_precision else "--no-mixed-precision")
-    if m.keras is not None:
-        args += _keras_args(m.keras)
-    for pattern in spec.data.train:
-        args += ["--train", pattern]
-    for pattern in spec.data.eval:
-        args += ["--eval", pattern]
-    return args
-
-
-def _keras_args(k: Any) -> list[str]:
-    """The keras task's flags (``trainer.config``), values at the spec's defaults left out."""
-    default, features = type(k)(), type(k.features)()
-    values: list[tuple[str, Any, Any]] = [
-        ("--trainable-layers", k.trainable_layers, None), ("--freeze-until", k.freeze_until, None),
-        ("--loss", k.loss, None), ("--optimizer", k.optimizer, None),
-        ("--custom-objects", k.custom_objects, None), ("--head", k.head, default.head),
-        ("--input-range", k.input_range, default.input_range),
-        ("--image-key", k.features.image, features.image),
-        ("--label-key", k.features.label, features.label),
-        ("--text-key", k.features.text, features.text),
-        ("--label-offset", k.features.label_offset, features.label_offset),
-        *(("--freeze-pattern", pattern, None) for pattern in k.freeze_patterns)]
-    args: list[str] = []
-    for flag, value, unset in values:
-        if value is not None and value != unset:
-            # "--flag=-1-1": argparse would read a separate "-1-1" as an option
-            args += [f"{flag}={value}"] if str(value).startswith("-") else [flag, str(value)]
-    return args
+    """Arguments of ``python -m trainer`` for this spec: the run directory and every training
+    field the spec sets (``trainer.fields.to_args``: one ``--flag=value`` token each)."""
+    values = training_values(spec)
+    return fields.to_args({"run_dir": spec.job_run_dir,
+                           **{name: values[name] for name in given_fields(values)}})
 
 
 def _node_selector(spec: JobSpec) -> dict[str, str]:

@@ -20,11 +20,11 @@ from msgspec import Meta
 
 from launcher import useryaml
 from launcher.errors import SpecError
-from trainer import contract
+from trainer import contract, rules
+from trainer.fields import BY_NAME, FIELDS, SECTIONS, Field
 from trainer.text import shown
 
 Profile = Literal["gke", "kind", "generic"]
-FineTuneType = Literal["classification", "detection", "full"]
 PROFILES: tuple[str, ...] = ("gke", "kind", "generic")
 
 # Defaults each profile lays under the user's spec (camelCase, as in the YAML file).
@@ -159,82 +159,58 @@ class Resources(_Model, kw_only=True):
     tmp_size: Text = "1Gi"  # /tmp
 
 
-class KerasFeatures(_Model, kw_only=True):
-    """TFRecord feature keys of an image-classification data set."""
-
-    image: Text = "image/encoded"  # JPEG or PNG bytes
-    label: Text = "image/class/label"  # int64 class
-    text: Text = "image/class/text"  # class name, through model.labelMap, when no label
-    label_offset: Annotated[int, Meta(ge=-INT32_MAX, le=INT32_MAX)] = 0  # index = label - offset
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", lambda m: "_" + m[1].lower(), camel)
 
 
-class KerasSpec(_Model, kw_only=True):
-    """How to fine-tune an exported Keras model (``model.task: keras``)."""
-
-    # Which layers train; at most one of the three (none: every layer trains).
-    trainable_layers: PositiveInt | None = None  # the last N layers train, the rest is frozen
-    freeze_until: Text | None = None  # freeze every layer up to and including this one
-    freeze_patterns: list[Text] = msgspec.field(default_factory=list)  # regexes of layer names
-    # auto: a new Dense head when the class count differs; keep; replace (always new)
-    head: Literal["auto", "keep", "replace"] = "auto"
-    loss: Literal["sparse_categorical_crossentropy", "categorical_crossentropy"] | None = None
-    optimizer: Literal["sgd", "adam", "rmsprop"] | None = None  # default: the model's own
-    custom_objects: Text | None = None  # module in the image defining the model's custom layers
-    input_range: Literal["0-1", "0-255", "-1-1"] = "0-1"  # pixel values the model expects
-    features: KerasFeatures = msgspec.field(default_factory=KerasFeatures)
-
-
-class ModelSpec(_Model, kw_only=True):
-    """The exported model to fine-tune."""
-
-    # detection: a detector from a checkpoint (and pipeline.config); keras: an exported Keras
-    # model (.h5, .keras or a SavedModel directory) given as checkpoint, settings in keras
-    task: Literal["detection", "keras"] = "detection"
-    # the detector (Model Garden's): retinanet (what a pipeline.config's ssd block describes),
-    # faster_rcnn (FPN, two stages) or yolo (YOLOv4; no backbone choice); the last two without
-    # a pipeline.config. Unset: retinanet
-    family: Literal["retinanet", "faster_rcnn", "yolo"] | None = None
-    # checkpoint prefix (gs://b/ckpt/ckpt-0) or a directory; may come from the pipeline.config
-    checkpoint: Text | None = None
-    # classification = backbone, detection = all but the class-dependent layers (RetinaNet:
-    # backbone + FPN; Faster R-CNN: also the RPN and the box head's shared layers), full =
-    # everything;
-    # unset: the pipeline.config's fine_tune_checkpoint_type, else detection
-    fine_tune_type: FineTuneType | None = None
-    pipeline_config: Text | None = None  # optional OD-API pipeline.config
-    label_map: Text | None = None  # StringIntLabelMap label_map.pbtxt
-    num_classes: PositiveInt | None = None  # overrides the pipeline.config
-    # default: the pipeline.config's feature extractor, else mobilenetv2
-    backbone: Literal["mobilenetv2", "resnet50"] | None = None
-    # standard: the published architecture; tiny: a narrow one for CPU demos and tests
-    size: Literal["standard", "tiny"] = "standard"
-    image_size: Annotated[int, Meta(ge=32, le=2048)] | None = None  # square input size
-    keras: KerasSpec | None = None
+def _annotation(f: Field) -> Any:
+    """The spec type of a training field: its bounds and closed choices checked by msgspec
+    (the families' choices, registered late, by ``_check_training``)."""
+    choices = f.options() if not callable(f.choices) else None
+    if choices:
+        kind: Any = Literal[choices]  # type: ignore[valid-type]
+    elif f.type is str:
+        kind = Text
+    elif f.type is bool:
+        kind = bool
+    else:
+        bounds: dict[str, Any] = {"le": f.maximum if f.maximum is not None else INT32_MAX}
+        if f.minimum is not None:
+            bounds["gt" if f.above else "ge"] = f.minimum
+        kind = Annotated[f.type, Meta(**bounds)]
+    if f.repeated:
+        return list[kind]
+    return kind | None if f.spec_default is None else kind
 
 
-class DataSpec(_Model, kw_only=True):
-    """TFRecords in the TF Object Detection API schema."""
+def _sections() -> dict[str, type[msgspec.Struct]]:
+    """The spec's training sections (model, model.keras, ..., training), made from the field
+    table ``trainer.fields`` so that the spec, the trainer's flags and the docs cannot drift."""
+    made: dict[str, type[msgspec.Struct]] = {}
+    for section in SECTIONS:
+        members: list[tuple[str, Any, Any]] = []
+        for f in FIELDS:
+            parent, _, leaf = (f.spec or "").rpartition(".")
+            if parent == section.path:
+                default = msgspec.field(default_factory=list) if f.repeated else f.spec_default
+                members.append((_snake(leaf), _annotation(f), default))
+        for inner in SECTIONS:
+            parent, _, leaf = inner.path.rpartition(".")
+            if parent == section.path:
+                struct = made[inner.path]
+                members.append((_snake(leaf), struct | None, None) if inner.optional else
+                               (_snake(leaf), struct, msgspec.field(default_factory=struct)))
+        made[section.path] = msgspec.defstruct(section.name, members, bases=(_Model,),
+                                               module=__name__, namespace={"__doc__": section.doc})
+    return made
 
-    # globs of training TFRecords; may come from the pipeline.config
-    train: list[Text] = msgspec.field(default_factory=list)
-    eval: list[Text] = msgspec.field(default_factory=list)  # globs of eval TFRecords
-    # Fail when more than this fraction of a worker's examples is unusable (bad boxes or
-    # classes, undecodable images; box-less images are skipped but not counted). Trainer: 0.01.
-    max_skipped_fraction: Annotated[float, Meta(ge=0, le=1)] | None = None
 
-
-class Training(_Model, kw_only=True):
-    """Training loop settings; unset values come from the pipeline.config."""
-
-    steps: PositiveInt | None = None
-    global_batch_size: PositiveInt | None = None  # summed over replicas
-    checkpoint_every: PositiveInt = 100
-    keep_checkpoints: PositiveInt = 3
-    learning_rate: Annotated[float, Meta(gt=0, le=1e6)] | None = None  # finite (inf, nan: no)
-    warmup_steps: NonNegativeInt | None = None
-    mixed_precision: bool | None = None  # default: on when GPUs are used
-    log_every: PositiveInt = 10
-    export: bool = True  # export a SavedModel at the end
+_SECTIONS = _sections()
+KerasFeatures = _SECTIONS["model.keras.features"]
+KerasSpec = _SECTIONS["model.keras"]
+ModelSpec = _SECTIONS["model"]
+DataSpec = _SECTIONS["data"]
+Training = _SECTIONS["training"]
 
 
 class Toleration(_Model, kw_only=True):
@@ -474,7 +450,7 @@ def _cross_checks(spec: JobSpec) -> None:
                             "train_input_reader input_path)")
     _check_names(spec)
     _check_formats(spec)
-    _check_task(spec)
+    _check_training(spec)
     if spec.profile == "kind":
         if spec.resources.gpus:
             raise SpecError("resources.gpus", "the kind profile runs on CPU only; set 0")
@@ -506,43 +482,52 @@ def _cross_checks(spec: JobSpec) -> None:
         raise SpecError("training.checkpointEvery", "is larger than training.steps")
 
 
-def _check_task(spec: JobSpec) -> None:
-    """Fields of one task only; the keras task's freeze settings."""
-    model = spec.model
-    if model.task == "detection":
-        if model.keras is not None:
-            raise SpecError("model.keras", "only with model.task: keras")
-        if model.family not in (None, "retinanet") and model.pipeline_config is not None:
-            raise SpecError("model.pipelineConfig", f"describes an OD-API ssd model (RetinaNet), "
-                            f"not model.family {model.family}: set that model in the spec "
-                            "and drop the pipeline.config")
-        if model.family == "yolo" and model.backbone is not None:
-            raise SpecError("model.backbone", "YOLO's backbone is CSP-Darknet (model.size picks "
-                            "YOLOv4 or YOLOv4-tiny): drop model.backbone")
-        return
-    for name in ("pipeline_config", "fine_tune_type", "backbone", "family"):
-        if getattr(model, name) is not None:
-            raise SpecError(f"model.{_camel(name)}", "only with model.task: detection")
-    if model.size != "standard":
-        raise SpecError("model.size", "only with model.task: detection (a Keras model has the "
-                        "size it was saved with)")
-    keras = model.keras or KerasSpec()
-    chosen = [name for name, value in (("trainableLayers", keras.trainable_layers),
-                                       ("freezeUntil", keras.freeze_until),
-                                       ("freezePatterns", keras.freeze_patterns)) if value]
-    if len(chosen) > 1:
-        raise SpecError(f"model.keras.{chosen[1]}", f"set only one of trainableLayers, "
-                        f"freezeUntil, freezePatterns (also set: {chosen[0]})")
-    for i, pattern in enumerate(keras.freeze_patterns):
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise SpecError(f"model.keras.freezePatterns[{i}]",
-                            f"{shown(pattern)} is not a regular expression ({err})") from None
-    module = keras.custom_objects
-    if module is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
-        raise SpecError("model.keras.customObjects", f"{shown(module)} is not a Python module "
-                        "name (e.g. my_layers)")
+class _SpecNames:
+    """Fields in the spec's messages: their spec paths."""
+
+    def field(self, name: str) -> str:
+        return BY_NAME[name].spec or name
+
+    def setting(self, name: str, value: Any) -> str:
+        return f"{self.field(name)}: {value}"
+
+
+def training_values(spec: JobSpec) -> dict[str, Any]:
+    """The spec's training fields by field name (``trainer.fields``); an unset one has its
+    spec default (None where a pipeline.config may set it)."""
+    values: dict[str, Any] = {}
+    for f in FIELDS:
+        if not f.spec:
+            continue
+        node: Any = spec
+        for part in f.spec.split("."):
+            node = getattr(node, _snake(part)) if node is not None else None
+        values[f.name] = f.spec_default if node is None else node
+    return values
+
+
+def given_fields(values: dict[str, Any]) -> set[str]:
+    """The training fields set to something other than their spec default."""
+    return {name for name, v in values.items() if v != BY_NAME[name].spec_default}
+
+
+def _check_training(spec: JobSpec) -> None:
+    """The rules of ``trainer.rules`` (the trainer runs them too), the family's name, and the
+    keras section only with its task."""
+    if spec.model.task != "keras" and spec.model.keras is not None:
+        raise SpecError("model.keras", "only with model.task: keras")
+    values = training_values(spec)
+    for f in FIELDS:
+        options = f.options() if callable(f.choices) else None
+        if options and values[f.name] not in options:
+            raise SpecError(f.spec or f.name, f"invalid enum value {shown(values[f.name])} "
+                            f"(one of: {', '.join(options)})")
+    try:
+        rules.check(values, given_fields(values), _SpecNames())
+    except rules.RuleError as err:
+        path = BY_NAME[err.field].spec or err.field
+        raise SpecError(path if err.index is None else f"{path}[{err.index}]",
+                        err.message) from None
 
 
 def _uris(spec: JobSpec) -> list[tuple[str, str]]:
@@ -618,11 +603,6 @@ def load_spec(source: SpecSource) -> JobSpec:
     """Load and validate a spec: file, then ``--set`` overrides, then flags (later ones win)."""
     raw = read_spec_file(source.path) if source.path is not None else {}
     return build_spec(raw, source.sets, source.overrides)
-
-
-def example_spec_text() -> str:
-    """The commented example spec that ``launcher spec init`` writes."""
-    return (Path(__file__).parent / "example-spec.yaml").read_text(encoding="utf-8")
 
 
 def dump_spec(spec: JobSpec) -> str:

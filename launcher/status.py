@@ -14,7 +14,7 @@ from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.kube import Kube, KubeError
-from trainer import contract
+from trainer import contract, fields
 
 IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 GPU = "nvidia.com/gpu"
@@ -243,7 +243,8 @@ def status(kube: Kube, name: str, namespace: str,
                                    detail))
     run_dir = job["metadata"].get("annotations", {}).get(contract.RUN_DIR_ANNOTATION)
     args = job["spec"]["template"]["spec"]["containers"][0].get("args", [])
-    steps = int(args[args.index("--steps") + 1]) if "--steps" in args[:-1] else None
+    steps_text = fields.value_in_args(args, "steps")
+    steps = int(steps_text) if steps_text and steps_text.isdigit() else None
     st = job.get("status", {})
     return JobStatus(
         name=name, namespace=namespace, phase=job_phase(job), workers=workers,

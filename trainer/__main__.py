@@ -22,7 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("tensorflow", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("trainer")
-    from trainer import cluster as cluster_mod
     from trainer.config import (
         ConfigError,
         from_args,
@@ -30,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         resolve_keras_classes,
         resolve_num_classes,
     )
-    from trainer.storage import Storage, StorageError
+    from trainer.run import cluster as cluster_mod
+    from trainer.run.storage import Storage, StorageError
 
     try:
         storage = Storage.from_env(dict(os.environ))
@@ -45,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         if info.workers:
             cluster_mod.wait_for_peers(info)
             cluster_mod.export_tf_config(info)
-        from trainer.train import train
+        from trainer.run.train import train
 
         code = train(cfg, info, labels, num_classes, storage)
         if info.workers and code == contract.EXIT_OK:
             # Every worker has passed the exit barrier with nothing left to do: leave at once,
             # before TensorFlow's slow teardown gives a peer's coordination client time to
-            # report this one as crashed (see trainer.train._leave_together).
+            # report this one as crashed (see trainer.run.train._leave_together).
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 def _transient(err: BaseException) -> bool:
     """Infrastructure failures that a restart may not meet again: a checkpoint that could not
     be published, GCS answering 429 or 5xx or not at all beyond the retry deadline."""
-    from trainer.checkpoints import PublishError
+    from trainer.run.checkpoints import PublishError
 
     if isinstance(err, PublishError):
         return True

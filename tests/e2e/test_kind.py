@@ -60,14 +60,14 @@ def host_env() -> Iterator[dict[str, str]]:
 
 
 def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path: Path) -> None:
-    from trainer.checkpoints import latest_step
-    from trainer.storage import Storage
+    from trainer.run.checkpoints import latest_step
+    from trainer.run.storage import Storage
 
     image = images.build("cpu")
     kind.load(image, cluster)
     kind.create_bucket(BUCKET)
     storage = Storage()
-    subprocess.run([sys.executable, "-m", "trainer.synthetic", str(tmp_path / "data")],
+    subprocess.run([sys.executable, "-m", "trainer.detection.synthetic", str(tmp_path / "data")],
                    env=host_env, check=True)
     files = sorted((tmp_path / "data").rglob("*.*"))
     storage.upload_many([(f, f"gs://{BUCKET}/data/{f.relative_to(tmp_path / 'data')}")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainer.storage import Storage
+from trainer.run.storage import Storage
 
 BUCKET = "test-bucket"
 CLASSES = [1, 2, 3, 4]
@@ -50,7 +50,7 @@ def gcs() -> Iterator[Storage]:
 @pytest.fixture(scope="session")
 def dataset(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Train TFRecords (4 shards) and a label map, in the emulator."""
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     local = tmp_path_factory.mktemp("data")
     paths = synthetic.write_dataset(local, "train", shards=4, per_shard=12, size=IMAGE,
@@ -92,7 +92,7 @@ def train_base(run_dir: str, dataset: dict[str, str], *flags: str) -> str:
 
 def download_checkpoint(gcs: Storage, run_dir: str, local: Path) -> str:
     """The newest checkpoint of ``run_dir``, downloaded under ``local``: its prefix."""
-    from trainer.checkpoints import latest_step
+    from trainer.run.checkpoints import latest_step
 
     step = latest_step(gcs, run_dir)
     for uri in gcs.glob(f"{run_dir}/checkpoints/ckpt-{step}.*"):

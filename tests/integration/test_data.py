@@ -18,7 +18,7 @@ def _names_only(pixels: np.ndarray, boxes: list[Any], key: str, fmt: str = "png"
     """An example whose classes are given by name only (no image/object/class/label)."""
     import tensorflow as tf
 
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     example = tf.train.Example.FromString(synthetic.tf_example(pixels, boxes, key, fmt=fmt))
     del example.features.feature["image/object/class/label"]
@@ -28,8 +28,8 @@ def _names_only(pixels: np.ndarray, boxes: list[Any], key: str, fmt: str = "png"
 def _pipeline(path: Path, num_classes: int, name_to_id: dict[str, int]) -> Any:
     """The eval-mode pipeline (no shuffle, no repeat) over one file, batch 1."""
     from trainer.config import TrainConfig
-    from trainer.data import build_dataset
-    from trainer.model import build_task
+    from trainer.detection.data import build_dataset
+    from trainer.detection.families.retinanet.task import build_task
 
     cfg = TrainConfig(run_dir=str(path.parent), train=[str(path)], model_size="tiny",
                       image_size=64)
@@ -43,7 +43,7 @@ def _pipeline(path: Path, num_classes: int, name_to_id: dict[str, int]) -> Any:
 def test_class_text_fallback_and_boxless_images_skipped(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     rng = np.random.default_rng(0)
     path = tmp_path / "mixed.tfrecord"
@@ -64,7 +64,7 @@ def test_class_text_fallback_and_boxless_images_skipped(tmp_path: Path) -> None:
 def test_class_name_missing_from_label_map_is_skipped_and_counted(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from trainer import records, synthetic
+    from trainer.detection import records, synthetic
 
     rng = np.random.default_rng(1)
     path = tmp_path / "unknown.tfrecord"

@@ -22,8 +22,8 @@ from tests.integration.conftest import (
     train_one_and_two_workers,
     trainer_env,
 )
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 STEPS = 3

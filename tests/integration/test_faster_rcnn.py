@@ -27,8 +27,8 @@ from tests.integration.conftest import (
     write_spec,
 )
 from trainer import contract
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 FAMILY = ["--family", "faster_rcnn"]
@@ -80,9 +80,9 @@ def test_detection_fine_tune_restores_all_but_the_class_dependent_layers(
     head's shared layers; its classifier and box regressor keep their fresh values."""
     import tensorflow as tf
 
-    from trainer import faster_rcnn
     from trainer.config import TrainConfig
-    from trainer.staging import restore
+    from trainer.detection.families.faster_rcnn import task as faster_rcnn
+    from trainer.run.staging import restore
 
     prefix = download_checkpoint(gcs, frcnn_base, tmp_path)
     cfg = TrainConfig(run_dir="unused", train=["unused"], family="faster_rcnn",
@@ -165,8 +165,8 @@ def test_each_backbone_builds_a_faster_rcnn(backbone: str, size: str,
     """The backbones the spec offers, in the family's network (a forward pass in inference)."""
     import tensorflow as tf
 
-    from trainer import faster_rcnn
     from trainer.config import TrainConfig
+    from trainer.detection.families.faster_rcnn import task as faster_rcnn
 
     cfg = TrainConfig(run_dir="unused", train=["unused"], family="faster_rcnn",
                       backbone=backbone, model_size=size, image_size=IMAGE)

@@ -17,7 +17,7 @@ def _record(label: int | None, text: str | None, image: bytes | None = None,
             fmt: str = "png") -> bytes:
     import tensorflow as tf
 
-    from trainer import synthetic_keras
+    from trainer.keras import synthetic as synthetic_keras
 
     pixels = np.random.default_rng(0).integers(0, 255, size=(20, 24, 3), dtype=np.uint8)
     example = tf.train.Example.FromString(synthetic_keras.example(pixels, label, text, fmt))
@@ -44,8 +44,8 @@ NAMES = {"diagonal": 1, "cross": 2, "ring": 3}
 def test_each_fault_is_counted_and_skipped_alike(tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from trainer import records
-    from trainer.keras_data import Classes, build_dataset, example_problem
+    from trainer.detection import records
+    from trainer.keras.data import Classes, build_dataset, example_problem
 
     path = tmp_path / "mixed.tfrecord"
     with tf.io.TFRecordWriter(str(path)) as writer:
@@ -68,7 +68,7 @@ def test_label_offset_and_input_range(tmp_path: Path) -> None:
     """ImageNet-style records keep 0 for the background (labels 1..N): labelOffset 1."""
     import tensorflow as tf
 
-    from trainer.keras_data import Classes, build_dataset
+    from trainer.keras.data import Classes, build_dataset
 
     path = tmp_path / "imagenet-style.tfrecord"
     with tf.io.TFRecordWriter(str(path)) as writer:

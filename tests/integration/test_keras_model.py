@@ -1,4 +1,4 @@
-"""``trainer.keras_model`` on real tf-keras models, in-process: freezing as users say it (nested
+"""``trainer.keras.model`` on real tf-keras models, in-process: freezing as users say it (nested
 models too), head replacement, what a saved compile config gives, and Keras 3 files refused."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _nested() -> Any:
 
 
 def test_freezing_by_count_by_name_and_by_pattern_in_nested_models() -> None:
-    from trainer.keras_model import freeze
+    from trainer.keras.model import freeze
 
     model = _nested()
     assert freeze(model, _cfg(trainable_layers=2)) == [model.layers[0].name, "base"]
@@ -57,7 +57,7 @@ def test_freezing_by_count_by_name_and_by_pattern_in_nested_models() -> None:
 def test_frozen_batch_norm_keeps_its_statistics_in_training_mode() -> None:
     import numpy as np
 
-    from trainer.keras_model import freeze
+    from trainer.keras.model import freeze
 
     model = _nested()
     freeze(model, _cfg(freeze_patterns=["_bn$"]))
@@ -69,7 +69,7 @@ def test_frozen_batch_norm_keeps_its_statistics_in_training_mode() -> None:
 
 
 def test_a_new_head_keeps_the_old_one_s_activation_and_trailing_layers() -> None:
-    from trainer.keras_model import output_is_probability, with_head
+    from trainer.keras.model import output_is_probability, with_head
 
     model = _nested()
     assert output_is_probability(model)
@@ -87,7 +87,7 @@ def test_a_new_head_keeps_the_old_one_s_activation_and_trailing_layers() -> None
 def test_compile_config_of_each_format(tmp_path: Path) -> None:
     import tf_keras
 
-    from trainer.keras_model import compiled, load
+    from trainer.keras.model import compiled, load
 
     model = _nested()
     model.compile(optimizer=tf_keras.optimizers.RMSprop(0.003),
@@ -105,7 +105,7 @@ def test_compile_config_of_each_format(tmp_path: Path) -> None:
 def test_keras_3_files_are_refused_with_what_to_do(tmp_path: Path) -> None:
     import keras  # Keras 3, whatever TF_USE_LEGACY_KERAS says
 
-    from trainer.keras_model import load
+    from trainer.keras.model import load
 
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
@@ -121,7 +121,7 @@ def test_keras_3_files_are_refused_with_what_to_do(tmp_path: Path) -> None:
 def test_a_model_whose_input_is_not_an_image_is_refused() -> None:
     import tf_keras
 
-    from trainer.keras_model import input_shape, output_classes
+    from trainer.keras.model import input_shape, output_classes
 
     inputs = tf_keras.Input((10,))
     vector = tf_keras.Model(inputs, tf_keras.layers.Dense(3)(inputs))

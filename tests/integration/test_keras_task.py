@@ -26,8 +26,8 @@ from tests.integration.conftest import (
     trainer_env,
 )
 from trainer import contract
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -40,7 +40,7 @@ def keras_data(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     """Pattern images (4 new classes) and a model pre-trained on 3 others, in 3 formats."""
     import tf_keras
 
-    from trainer import synthetic_keras as sk
+    from trainer.keras import synthetic as sk
 
     local = tmp_path_factory.mktemp("keras")
     train = sk.write_dataset(local / "train", "train", sk.DEMO_FINETUNE, 4, 12, SIZE, seed=2)

@@ -20,7 +20,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def _task(text: str, tmp_path: Path, size: int):
-    from trainer.model import build_task
+    from trainer.detection.families.retinanet.task import build_task
 
     config = tmp_path / "pipeline.config"
     config.write_text(text)
@@ -91,12 +91,12 @@ def test_resnet_backbone_keeps_its_own_definition_without_override(tmp_path: Pat
 
 def _box_targets(path: Path, box_coder_weights: list[float] | None) -> Any:
     """Box targets of the first level for the one record in ``path``, through the trainer's
-    own input pipeline (``trainer.data``)."""
+    own input pipeline (``trainer.detection.data``)."""
     import tensorflow as tf
 
     from trainer.config import TrainConfig
-    from trainer.data import build_dataset
-    from trainer.model import build_task
+    from trainer.detection.data import build_dataset
+    from trainer.detection.families.retinanet.task import build_task
 
     mg = {} if box_coder_weights is None else {
         "model.detection_generator.box_coder_weights": box_coder_weights}
@@ -116,7 +116,7 @@ def test_box_coder_weights_reach_the_targets(tmp_path: Path) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     path = tmp_path / "one.tfrecord"
     pixels, boxes = synthetic.make_image(np.random.default_rng(0), 64, [1])

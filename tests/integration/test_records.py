@@ -21,7 +21,7 @@ def _example(boxes: list[tuple[float, float, float, float]], labels: list[int] |
              texts: list[str] | None, image: bytes | None = None) -> bytes:
     import tensorflow as tf
 
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     pixels = np.random.default_rng(0).integers(0, 255, size=(64, 64, 3), dtype=np.uint8)
     example = tf.train.Example.FromString(synthetic.tf_example(pixels, [], "x"))
@@ -70,8 +70,8 @@ def _write(path: Path, serialized: list[bytes], compress: bool = False) -> Path:
 def _pipeline_count(path: Path, compression: str = "", undecodable: set[str] | None = None,
                     names: dict[str, int] | None = NAMES) -> int:
     from trainer.config import TrainConfig
-    from trainer.data import build_dataset
-    from trainer.model import build_task
+    from trainer.detection.data import build_dataset
+    from trainer.detection.families.retinanet.task import build_task
 
     cfg = TrainConfig(run_dir=str(path.parent), train=[str(path)], model_size="tiny",
                       image_size=64)
@@ -86,7 +86,7 @@ def _pipeline_count(path: Path, compression: str = "", undecodable: set[str] | N
 @pytest.mark.parametrize("compress", [False, True])
 def test_each_fault_is_skipped_counted_and_skipped_alike_by_the_pipeline(
         tmp_path: Path, compress: bool) -> None:
-    from trainer import records
+    from trainer.detection import records
 
     path = _write(tmp_path / "mixed.tfrecord", [_example(*case) for case, _ in CASES.values()],
                   compress)
@@ -109,7 +109,7 @@ def test_each_fault_is_skipped_counted_and_skipped_alike_by_the_pipeline(
 
 def test_box_less_images_do_not_count_against_the_threshold_but_none_usable_fails(
         tmp_path: Path) -> None:
-    from trainer import records
+    from trainer.detection import records
 
     usable = _example([OK], [1], None)
     boxless = _example([], [], [])
@@ -123,7 +123,7 @@ def test_box_less_images_do_not_count_against_the_threshold_but_none_usable_fail
 
 @pytest.mark.parametrize("damage", ["truncated", "random bytes", "mixed compression"])
 def test_unreadable_files_are_named(tmp_path: Path, damage: str) -> None:
-    from trainer import records
+    from trainer.detection import records
 
     good = _write(tmp_path / "a.tfrecord", [_example([OK], [1], None)] * 3)
     bad = tmp_path / "b.tfrecord"
@@ -142,7 +142,7 @@ def test_unreadable_files_are_named(tmp_path: Path, damage: str) -> None:
 def test_text_only_records_without_a_label_map_end_in_one_line(tmp_path: Path) -> None:
     """Records that name classes only by text (``class/text``), run with ``--num-classes`` and
     no label map: nothing maps a name to an id, so nothing is usable; one line, no hang."""
-    from trainer import records
+    from trainer.detection import records
 
     path = _write(tmp_path / "texts.tfrecord", [_example([OK], None, ["red"])] * 4)
     report = records.scan([path], None, max_id=3)
@@ -157,7 +157,7 @@ def test_text_only_records_without_a_label_map_end_in_one_line(tmp_path: Path) -
 def test_examples_with_more_boxes_than_the_model_keeps_are_counted(tmp_path: Path) -> None:
     """The input pipeline keeps the first ``max_num_instances`` boxes of an example: said, not
     silent. Unusable examples are not counted twice."""
-    from trainer import records
+    from trainer.detection import records
 
     crowded = _example([OK] * 3, [1, 2, 3], None)
     path = _write(tmp_path / "crowded.tfrecord",

@@ -13,8 +13,8 @@ import pytest
 
 from tests.integration.conftest import BUCKET, IMAGE, trainer_env, write_spec
 from trainer import contract
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage, split_gcs
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage, split_gcs
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def test_a_junk_checkpoint_is_one_error_line(gcs: Storage, dataset: dict[str, st
 
 def test_a_worker_with_nothing_usable_ends_the_job_in_one_line(
         gcs: Storage, dataset: dict[str, str], base_checkpoint: str, tmp_path: Path) -> None:
-    from trainer import synthetic
+    from trainer.detection import synthetic
 
     local = tmp_path / "data"
     good = synthetic.write_dataset(local, "good", shards=1, per_shard=8, size=IMAGE,

@@ -1,4 +1,5 @@
-"""trainer.storage and checkpoint publishing against the GCS emulator, through the real client."""
+"""trainer.run.storage and checkpoint publishing against the GCS emulator, through the real
+client."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import BUCKET
-from trainer import checkpoints
-from trainer.storage import Storage, StorageError
+from trainer.run import checkpoints
+from trainer.run.storage import Storage, StorageError
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,8 @@ import pytest
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import BUCKET, IMAGE, trainer_env
 from trainer import contract
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 

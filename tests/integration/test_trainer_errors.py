@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import BUCKET, IMAGE, trainer_env
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 

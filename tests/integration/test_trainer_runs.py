@@ -21,8 +21,8 @@ from tests.integration.conftest import (
     write_spec,
 )
 from trainer import contract
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ from tests.integration.conftest import (
     write_spec,
 )
 from trainer import contract
-from trainer.checkpoints import latest_step
-from trainer.storage import Storage
+from trainer.run.checkpoints import latest_step
+from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 FAMILY = ["--family", "yolo"]
@@ -69,10 +69,12 @@ def test_two_workers_fine_tune_to_new_classes_evaluate_and_export(
 def test_checkpoints_tell_their_family(gcs: Storage, yolo_base: str, base_checkpoint: str,
                                        tmp_path: Path) -> None:
     """YOLO and RetinaNet both keep a ``head``; the family is read from inside it."""
-    from trainer.checkpoints import family_of
+    from trainer.detection.families import of_checkpoint
+    from trainer.run.checkpoints import variable_names
 
     for run_dir, family in ((yolo_base, "yolo"), (base_checkpoint, "retinanet")):
-        assert family_of(download_checkpoint(gcs, run_dir, tmp_path / family)) == family
+        assert of_checkpoint(variable_names(
+            download_checkpoint(gcs, run_dir, tmp_path / family))) == family
 
 
 def _equivalence_args(run_dir: str, dataset: dict[str, str], base: str) -> list[str]:

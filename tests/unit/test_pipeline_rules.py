@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
-from trainer.pipeline_config import PipelineConfigError, parse
+from trainer.pipeline.config import PipelineConfigError, parse
 
 HYPERPARAMS = """conv_hyperparams {{
           activation: RELU_6,
@@ -304,8 +304,9 @@ def test_placeholders_are_refused_unless_the_spec_sets_the_field(tmp_path) -> No
 
 def test_warm_up_and_decay_must_fit_the_run(tmp_path) -> None:
     flags = ["--checkpoint", "/c", "--label-map", "/lm", "--train", "/t", "--eval", "/e"]
-    with pytest.raises(ConfigError, match=r"warm-up of 2000 steps \(train_config.*warmup_steps\)"
-                                          r" is not shorter than the run's 4 steps \(flag\)"):
+    with pytest.raises(ConfigError, match=r"pipeline.config train_config.*warmup_steps: 2000 "
+                                          r"steps of warm-up are not fewer than the run's 4 "
+                                          r"steps \(--steps \(training.steps\)\)"):
         _cfg(retinanet(), tmp_path, *flags, "--steps", "4")
     with pytest.raises(ConfigError, match=r"total_steps 25000 .* differs from the run's 3000"):
         _cfg(retinanet(), tmp_path, *flags, "--steps", "3000")

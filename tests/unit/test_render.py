@@ -17,6 +17,8 @@ from launcher.spec import build_spec, image_warnings
 from launcher.validate import validate_objects
 from tests.conftest import BASE_SPEC
 from trainer import contract
+from trainer.config import from_args
+from trainer.fields import value_in_args
 
 PROFILES = ["gke", "kind", "generic"]
 
@@ -195,9 +197,24 @@ def test_trainer_args_carry_the_spec(base_spec: dict[str, Any]) -> None:
     container = _by_kind(render(build_spec(base_spec)))["Job"]["spec"]["template"]["spec"][
         "containers"][0]
     args = container["args"]
-    assert args[args.index("--run-dir") + 1] == "gs://bucket-a/runs/default/det"
-    assert args[args.index("--global-batch-size") + 1] == "8"
-    assert args.count("--train") == 1 and args.count("--eval") == 1
+    assert value_in_args(args, "run_dir") == "gs://bucket-a/runs/default/det"
+    assert value_in_args(args, "global_batch_size") == "8"
+    assert [a.split("=")[0] for a in args].count("--train") == 1
+    assert [a.split("=")[0] for a in args].count("--eval") == 1
+
+
+def test_a_value_that_starts_with_a_dash_stays_a_value(base_spec: dict[str, Any]) -> None:
+    """Every rendered argument is one ``--flag=value`` token: a path such as ``-runs`` can
+    never be read as a flag (it once rendered as its own token, which argparse refused)."""
+    base_spec.update(runDir="-runs")
+    base_spec["model"]["checkpoint"] = "--ckpt/ckpt-0"
+    base_spec["data"]["train"] = ["-train-*.tfrecord"]
+    args = _by_kind(render(build_spec(base_spec)))["Job"]["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert all(arg.startswith("--") and "=" in arg for arg in args), args
+    cfg = from_args(args, {})
+    assert (cfg.run_dir, cfg.checkpoint, cfg.train) == (
+        "-runs/default/det", "--ckpt/ckpt-0", ["-train-*.tfrecord"])
 
 
 def test_yaml_and_json_outputs_round_trip(base_spec: dict[str, Any]) -> None:

@@ -16,8 +16,10 @@ from typer.testing import CliRunner
 
 from launcher import __version__
 from launcher.cli import app
-from launcher.spec import JobSpec, build_spec, example_spec_text
+from launcher.reference import example_spec_text
+from launcher.spec import JobSpec, build_spec
 from tests.conftest import BASE_SPEC
+from trainer.fields import value_in_args
 
 runner = CliRunner()
 
@@ -151,8 +153,9 @@ def test_flags_and_set_override_the_file(tmp_path: Path) -> None:
     assert job["spec"]["completions"] == 4
     assert job["metadata"]["namespace"] == "ml"
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--global-batch-size") + 1] == "16"
-    assert args.count("--train") == 2
+    assert value_in_args(args, "global_batch_size") == "16"
+    assert [a for a in args if a.startswith("--train=")] == [
+        "--train=gs://bucket-a/a-*.tfrecord", "--train=gs://bucket-a/b-*.tfrecord"]
 
 
 def test_render_output_dir_writes_one_file_per_object(tmp_path: Path) -> None:

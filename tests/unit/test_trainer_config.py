@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from trainer.cluster import ClusterError, ClusterInfo, from_env, wait_for_peers
 from trainer.config import ConfigError, from_args, parse_label_map, resolve_num_classes
-from trainer.pipeline_config import PipelineConfigError, parse
+from trainer.pipeline.config import PipelineConfigError, parse
+from trainer.run.cluster import ClusterError, ClusterInfo, from_env, wait_for_peers
 
 PIPELINE = """\
 # SSD with Mobilenet v2 FPNLite, as exported by the TF2 Detection Zoo.
@@ -124,9 +124,10 @@ def test_run_dir_from_environment_and_required_fields() -> None:
     assert cfg.run_dir == "gs://b/runs/j"
     with pytest.raises(ConfigError, match="--run-dir: required"):
         from_args(["--train", "/d/*"], {})
-    with pytest.raises(ConfigError, match="--train: at least one"):
+    with pytest.raises(ConfigError, match=r"--train \(data.train\): at least one"):
         from_args(["--run-dir", "/r"], {})
-    with pytest.raises(ConfigError, match=r"image size 100 \(flag\): must be a multiple of 32"):
+    with pytest.raises(ConfigError, match=r"--image-size \(model.imageSize\): 100 is not a "
+                                          "multiple of 32: try 96"):
         from_args(["--run-dir", "/r", "--train", "/d/*", "--image-size", "100"], {})
 
 

@@ -2,7 +2,8 @@
 random horizontal flip, anchor labelling, padding) and input reader (parallel reads and decode,
 shuffle, batch, prefetch), with additions the OD API has and Model Garden lacks: classes from
 ``image/object/class/text`` through the label map when ids are absent, GZIP-compressed files,
-and unusable examples skipped before decoding, exactly those ``trainer.records`` counts."""
+and unusable examples skipped before decoding, exactly those ``trainer.detection.records``
+counts."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ _RAW_FEATURES = {
 
 def usable(serialized: tf.Tensor, names: tf.Tensor, max_id: int) -> tf.Tensor:
     """Whether a serialized example is usable: the TensorFlow twin of
-    ``trainer.records.example_problem`` (same rules, same tolerance)."""
-    from trainer.records import EPSILON
+    ``trainer.detection.records.example_problem`` (same rules, same tolerance)."""
+    from trainer.detection.records import EPSILON
 
     parsed = tf.io.parse_single_example(serialized, _RAW_FEATURES)
     xmin, xmax, ymin, ymax = (tf.sparse.to_dense(parsed[f"image/object/bbox/{k}"])
@@ -87,8 +88,8 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
     """The input pipeline of ``task``'s family (its ``input_parser``) for ``params`` (a Model
     Garden ``DataConfig``); examples
     that ``usable`` rejects, and the records whose fingerprint ``undecodable`` holds (damaged
-    images, from ``trainer.records``), are dropped before decoding. ``compression``: ``""`` or
-    ``"GZIP"``."""
+    images, from ``trainer.detection.records``), are dropped before decoding. ``compression``:
+    ``""`` or ``"GZIP"``."""
     from official.vision.dataloaders import input_reader, input_reader_factory
 
     model = task.task_config.model
@@ -97,7 +98,7 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
     names = tf.constant(list(name_to_id or {}) or [""], dtype=tf.string)
     max_id = model.num_classes - 1  # Model Garden counts the background as class 0
 
-    from trainer.records import fingerprint
+    from trainer.detection.records import fingerprint
 
     damaged = tf.constant(sorted(undecodable or ()) or [-1], dtype=tf.int64)
 
@@ -116,5 +117,5 @@ def build_dataset(task: Any, params: Any, name_to_id: dict[str, int] | None,
         else None,
         parser_fn=parser.parse_fn(params.is_training),
         # A family may sample between decoding and parsing (YOLO's mosaic step).
-        sample_fn=getattr(task, "input_sample_fn", lambda _: None)(params))
+        sample_fn=task.input_sample_fn(params))
     return reader.read(input_context=input_context)

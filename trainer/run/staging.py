@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer import checkpoints
-from trainer.cluster import ClusterInfo
 from trainer.config import ConfigError, TrainConfig
-from trainer.storage import Storage, is_gcs
+from trainer.run import checkpoints
+from trainer.run.cluster import ClusterInfo
+from trainer.run.storage import Storage, is_gcs
 
 log = logging.getLogger("trainer")
 
@@ -76,7 +76,7 @@ def stage_records(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scra
 def _checked(staged: Staged, paths: list[Path], scan: Scan, cfg: TrainConfig,
              what: str) -> str:
     """Scan the records (damaged images noted in ``staged``); their compression."""
-    from trainer import records
+    from trainer.detection import records
 
     try:
         report = scan(paths)

@@ -15,15 +15,17 @@ import tensorflow as tf
 from official.vision.tasks import maskrcnn
 
 from trainer.config import TrainConfig
-from trainer.model import backbone_config, configure_train_data
+from trainer.detection.families.base import FamilyTask
+from trainer.detection.families.common import backbone_config, configure_train_data
+from trainer.detection.families.faster_rcnn import FAMILY
 
-LOG_NAMES = ("total_loss", "rpn_score_loss", "rpn_box_loss", "frcnn_cls_loss", "frcnn_box_loss")
+LOG_NAMES = FAMILY.log_names
 
 # Model Garden adds this to each box loss's normaliser (the count of regressed coordinates).
 _EPSILON = 0.01
 
 
-class GlobalBatchFasterRCNNTask(maskrcnn.MaskRCNNTask):
+class GlobalBatchFasterRCNNTask(FamilyTask, maskrcnn.MaskRCNNTask):
     """Model Garden's Faster R-CNN with box losses that match one replica's exactly.
 
     Model Garden already normalises both box losses by the all-reduced count of regressed
@@ -71,7 +73,7 @@ class GlobalBatchFasterRCNNTask(maskrcnn.MaskRCNNTask):
     def train_step(self, inputs: Any, model: Any, optimizer: Any,
                    metrics: list[Any] | None = None) -> dict[str, Any]:
         """Model Garden's step, returning every loss (its own returns only the total)."""
-        from trainer.optim import minimize
+        from trainer.run.optim import minimize
 
         images, labels = inputs
         replicas = tf.distribute.get_strategy().num_replicas_in_sync

@@ -38,7 +38,8 @@ class Classes:
 
 
 def example_problem(example: Any, classes: Classes) -> str | None:
-    """Why a ``tf.train.Example`` is unusable (a ``trainer.records.REASONS`` key), or None."""
+    """Why a ``tf.train.Example`` is unusable (a ``trainer.detection.records.REASONS`` key), or
+    None."""
     features = example.features.feature
     image = features[classes.image_key].bytes_list.value if classes.image_key in features \
         else []
@@ -100,7 +101,7 @@ def build_dataset(files: list[Path], classes: Classes, shape: tuple[int, int, in
     one in a fixed order, so N workers see the same global batches as one), full batches."""
     import tensorflow as tf
 
-    from trainer.records import fingerprint
+    from trainer.detection.records import fingerprint
 
     height, width, channels = shape
     low, high = RANGES[input_range]

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from trainer import contract
-from trainer.storage import Storage, StorageError, is_gcs, join
+from trainer.run.storage import Storage, StorageError, is_gcs, join
 from trainer.text import first_line
 
 log = logging.getLogger(__name__)
@@ -86,20 +86,11 @@ def is_od_api(local_prefix: str) -> bool:
     return any(name.startswith(OD_API_MARKERS) for name in names)
 
 
-# A detector family's own top-level parts, as Model Garden's ``checkpoint_items`` name them.
-FAMILY_MARKERS = {"faster_rcnn": ("rpn_head/", "detection_head/"),
-                  "retinanet": ("head/_classifier/",), "yolo": ("head/_head/",)}
-
-
-def family_of(local_prefix: str) -> str | None:
-    """The detector family a checkpoint holds (by its heads); None for a backbone alone."""
+def variable_names(local_prefix: str) -> set[str]:
+    """The variable names a checkpoint holds (its index only: nothing is restored)."""
     import tensorflow as tf
 
-    names = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
-    for family, markers in FAMILY_MARKERS.items():
-        if any(name.startswith(markers) for name in names):
-            return family
-    return None
+    return set(tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map())
 
 
 def stage_resume(storage: Storage, run_dir: str, dest: Path) -> tuple[int, str] | None:

@@ -20,13 +20,15 @@ from official.projects.yolo.ops import loss_utils, math_ops
 from official.projects.yolo.tasks import yolo
 
 from trainer.config import TrainConfig
-from trainer.model import configure_train_data
+from trainer.detection.families.base import FamilyTask
+from trainer.detection.families.common import configure_train_data
+from trainer.detection.families.yolo import FAMILY
 
-LOG_NAMES = ("total_loss", "box_loss", "conf_loss", "class_loss")
+LOG_NAMES = FAMILY.log_names
 
 
-class GlobalBatchYoloTask(yolo.YoloTask):
-    """Model Garden's YOLO task with the seams ``trainer.detection_job`` uses."""
+class GlobalBatchYoloTask(FamilyTask, yolo.YoloTask):
+    """Model Garden's YOLO task with the seams ``trainer.detection.job`` uses."""
 
     def input_parser(self, params: Any) -> Any:
         """Model Garden's YOLO parser: resize, anchor assignment, padding."""
@@ -76,7 +78,7 @@ class GlobalBatchYoloTask(yolo.YoloTask):
     def train_step(self, inputs: Any, model: Any, optimizer: Any,
                    metrics: list[Any] | None = None) -> dict[str, Any]:
         """Model Garden's step, returning the loss parts (its own returns its metrics')."""
-        from trainer.optim import minimize
+        from trainer.run.optim import minimize
 
         images, labels = inputs
 

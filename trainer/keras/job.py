@@ -1,6 +1,6 @@
-"""The keras task: fine-tune an exported Keras classifier (``trainer.keras_model``) on
-image-classification TFRecords (``trainer.keras_data``); evaluate loss, accuracy and top-5 on
-the chief; export in the format it came in plus a SavedModel. ``trainer.train`` runs the loop.
+"""The keras task: fine-tune an exported Keras classifier (``trainer.keras.model``) on
+image-classification TFRecords (``trainer.keras.data``); evaluate loss, accuracy and top-5 on
+the chief; export in the format it came in plus a SavedModel. ``trainer.run.train`` runs the loop.
 
 The loss is the model's own (sparse or categorical cross-entropy), per example, summed and
 divided by the global batch size: N workers with global batch B train exactly like one worker
@@ -13,19 +13,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainer import keras_model
-from trainer.cluster import ClusterInfo
 from trainer.config import ConfigError, TrainConfig
-from trainer.keras_data import Classes, build_dataset, example_problem
-from trainer.staging import Staged, restore, stage_records
-from trainer.storage import Storage, StorageError, is_gcs
+from trainer.keras import model as keras_model
+from trainer.keras.data import Classes, build_dataset, example_problem
+from trainer.run.cluster import ClusterInfo
+from trainer.run.staging import Staged, restore, stage_records
+from trainer.run.storage import Storage, StorageError, is_gcs
 
 log = logging.getLogger("trainer")
 EXPORT_NAMES = {"h5": "model.h5", "keras": "model.keras"}
 
 
 class KerasJob:
-    """What is the Keras model's in a run; see ``trainer.train.Job``."""
+    """What is the Keras model's in a run; see ``trainer.run.train.Job``."""
 
     log_names = ("total_loss", "accuracy")
     eval_summary = ("loss", "accuracy")
@@ -47,7 +47,7 @@ class KerasJob:
               resuming: bool) -> Staged:
         """The model file (its architecture is needed on resume too), read once here for its
         shape, classes and compile config; then this worker's records, checked."""
-        from trainer import records
+        from trainer.detection import records
 
         path = self._stage_model(storage, scratch / "model")
         uri = self.cfg.checkpoint or ""
@@ -117,7 +117,7 @@ class KerasJob:
 
     def build(self, staged: Staged, mixed: bool) -> tuple[Any, dict[str, Any], Any, list[Any]]:
         """Under the strategy's scope: model, its checkpoint items, optimizer, metrics."""
-        from trainer.optim import schedule
+        from trainer.run.optim import schedule
 
         model, frozen = self._model(staged)
         trainable = sum(int(w.shape.num_elements()) for w in model.trainable_weights)

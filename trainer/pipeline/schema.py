@@ -3,7 +3,7 @@ class, so protobuf's own ``text_format`` parses real files (``#`` comments, ``{`
 blocks, trailing commas or semicolons, either quote, repeated fields, enum names).
 
 Field numbers are irrelevant to the text format. A field missing here is one the trainer does
-not read: ``trainer.pipeline_config`` refuses a config that sets it (the second, strict pass).
+not read: ``trainer.pipeline.config`` refuses a config that sets it (the second, strict pass).
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ def export_saved_model(task: Any, checkpoint_prefix: str, export_dir: Path) -> P
 
     size = list(task.task_config.model.input_size[:2])
     params = config_definitions.ExperimentConfig(task=task.task_config)
-    if hasattr(task, "export_module"):  # a family with its own (YOLO)
-        module = task.export_module(size)
-    else:
+    module = task.export_module(size)  # a family's own (YOLO), else Model Garden's
+    if module is None:
         module = detection.DetectionModule(params=params, batch_size=None,
                                            input_image_size=size, input_type="image_tensor",
                                            num_channels=3, model=task.build_model())

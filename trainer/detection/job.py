@@ -1,36 +1,36 @@
-"""The detection task: a Model Garden detector on OD-API TFRecords (``trainer.data``), COCO
-evaluation and a detection SavedModel. ``trainer.train`` runs the loop.
+"""The detection task: a Model Garden detector on OD-API TFRecords (``trainer.detection.data``),
+COCO evaluation and a detection SavedModel. ``trainer.run.train`` runs the loop.
 
-What differs between detector families lives in one module each (``config.FAMILIES``):
-``build_task`` returns a Model Garden task whose losses are normalised over the global batch and
-which adds ``input_parser``, ``warm_up`` and ``fine_tune_items``; ``LOG_NAMES`` are its training
-losses."""
+What differs between detector families lives in one package each, registered in
+``trainer.detection.families``: its ``Family`` builds a Model Garden task whose losses are
+normalised over the global batch and which adds ``input_parser``, ``warm_up`` and
+``fine_tune_items``."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
-from trainer import checkpoints
-from trainer.cluster import ClusterInfo
-from trainer.config import FAMILIES, ConfigError, TrainConfig
-from trainer.staging import Staged, restore, stage_records
-from trainer.storage import Storage, StorageError
+from trainer.config import ConfigError, TrainConfig
+from trainer.detection import families
+from trainer.run import checkpoints
+from trainer.run.cluster import ClusterInfo
+from trainer.run.staging import Staged, restore, stage_records
+from trainer.run.storage import Storage, StorageError
 
 log = logging.getLogger("trainer")
 
 
 class DetectionJob:
-    """What is a detector's in a run; see ``trainer.train.Job``."""
+    """What is a detector's in a run; see ``trainer.run.train.Job``."""
 
     eval_summary = ("AP", "AP50")
 
     def __init__(self, cfg: TrainConfig, labels: dict[int, str] | None, num_classes: int):
         self.cfg = cfg
-        self.family = importlib.import_module(FAMILIES[cfg.family])
-        self.log_names: tuple[str, ...] = self.family.LOG_NAMES
+        self.family = families.get(cfg.family)
+        self.log_names: tuple[str, ...] = self.family.log_names
         self.num_classes = num_classes  # with the background, as Model Garden counts
         self.name_to_id = {name: i for i, name in labels.items()} if labels else None
         self.task: Any = None
@@ -38,9 +38,9 @@ class DetectionJob:
     def stage(self, storage: Storage, cluster: ClusterInfo, scratch: Path,
               resuming: bool) -> Staged:
         """This worker's records, checked; the fine-tune checkpoint unless resuming."""
-        from trainer import records
+        from trainer.detection import records
 
-        max_boxes = self.family.task_config(self.cfg, self.num_classes, "").train_data \
+        max_boxes = self.family.task_config(self.cfg, self.num_classes).train_data \
             .parser.max_num_instances
         staged = stage_records(self.cfg, storage, cluster, scratch, lambda paths: records.scan(
             paths, self.name_to_id, self.num_classes - 1, max_boxes=max_boxes))
@@ -67,7 +67,7 @@ class DetectionJob:
 
     def _check_family(self, checkpoint: str) -> None:
         """A checkpoint of another family (read from its heads) gives its backbone only."""
-        family = checkpoints.family_of(checkpoint)
+        family = families.of_checkpoint(checkpoints.variable_names(checkpoint))
         if family in (None, self.cfg.family):
             return
         if self.cfg.fine_tune_type != "classification":
@@ -83,7 +83,7 @@ class DetectionJob:
         """Under the strategy's scope: model, its checkpoint items, optimizer, metrics."""
         import tf_keras
 
-        from trainer.optim import sgd
+        from trainer.run.optim import sgd
 
         # New layers (the head of a detection fine-tune) start the same in every run of a seed.
         tf_keras.utils.set_random_seed(self.cfg.seed)
@@ -105,7 +105,7 @@ class DetectionJob:
         return f"fine-tuning ({self.cfg.fine_tune_type}) from {self.cfg.checkpoint}"
 
     def dataset(self, staged: Staged, context: Any) -> Any:
-        from trainer.data import build_dataset
+        from trainer.detection.data import build_dataset
 
         return build_dataset(self.task, self.task.task_config.train_data, staged.name_to_id,
                              context, staged.compression, staged.undecodable)
@@ -118,7 +118,7 @@ class DetectionJob:
         workers may have exited; the distributed model would issue collectives to them)."""
         import tensorflow as tf
 
-        from trainer.evaluate import evaluate
+        from trainer.detection.evaluate import evaluate
 
         model = self.task.build_model()
         self.task.warm_up(model, self.cfg.image_size)
@@ -129,7 +129,7 @@ class DetectionJob:
 
     def export(self, staged: Staged, checkpoint: str, dest: Path) -> Path:
         """A detection SavedModel (``image_tensor`` signature)."""
-        from trainer.export import export_saved_model
+        from trainer.detection.export import export_saved_model
 
         return export_saved_model(self.task, checkpoint, dest)
 

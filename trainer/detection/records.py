@@ -5,7 +5,8 @@ The OD API's records are trusted by its own tools; ours are not. An example is s
 counted under its reason) when it has no boxes, a box outside [0, 1] or with min >= max, box and
 class lists of different lengths, a class id outside 1..max id of the label map (0 is the
 background), a class name missing from the label map, or an image that cannot be decoded (not
-JPEG or PNG, or a damaged one). The input pipeline (``trainer.data``) skips exactly these examples
+JPEG or PNG, or a damaged one). The input pipeline (``trainer.detection.data``) skips exactly
+these examples
 (damaged images by a fingerprint of the record: ``ScanReport.undecodable``), so the counts printed
 here are what training does.
 """
@@ -27,7 +28,7 @@ REASONS = {
     "bad_label": "a class id outside the label map's 1..max id",
     "unknown_text": "a class name missing from the label map",
     "bad_image": "an image that cannot be decoded",
-    # image classification (trainer.keras_data)
+    # image classification (trainer.keras.data)
     "no_class": "no class label or name",
     "bad_class": "a class outside the model's classes",
 }

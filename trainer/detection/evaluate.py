@@ -18,7 +18,7 @@ def evaluate(task: Any, model: Any, eval_files: list[Path], batch_size: int,
     read like the training records (class names through the label map, GZIP)."""
     import tensorflow as tf
 
-    from trainer.data import build_dataset
+    from trainer.detection.data import build_dataset
 
     data = task.task_config.validation_data
     data.input_path = ",".join(str(p) for p in eval_files)

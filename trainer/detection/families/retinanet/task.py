@@ -10,14 +10,17 @@ import tensorflow as tf
 from official.vision.tasks import retinanet
 
 from trainer.config import TrainConfig
+from trainer.detection.families.base import FamilyTask
+from trainer.detection.families.common import backbone_config, configure_train_data
+from trainer.detection.families.retinanet import FAMILY
 
-LOG_NAMES = ("total_loss", "cls_loss", "box_loss")
+LOG_NAMES = FAMILY.log_names
 
 # Conv weights an OD-API conv_hyperparams initializer draws (biases, batch norm: not).
 KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
-class GlobalBatchRetinaNetTask(retinanet.RetinaNetTask):
+class GlobalBatchRetinaNetTask(FamilyTask, retinanet.RetinaNetTask):
     """RetinaNet whose losses are normalised by the positive anchors of the whole global batch,
     and whose backbone, FPN and head may each have their own conv hyper-parameters.
 
@@ -162,7 +165,7 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
         model.head.num_convs, model.head.num_filters = 1, 32
         model.anchor.num_scales, model.anchor.aspect_ratios = 1, [1.0]
     task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
-    # What a pipeline.config says (``trainer.pipeline_config``) wins over both.
+    # What a pipeline.config says (``trainer.pipeline.config``) wins over both.
     for path, value in cfg.model_garden.items():
         *parents, name = path.split(".")
         target = task
@@ -172,34 +175,3 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     configure_train_data(task.train_data, cfg, train_glob, local_files)
     task.train_data.parser.aug_rand_hflip = cfg.horizontal_flip and not cfg.deterministic_input
     return task
-
-
-def backbone_config(cfg: TrainConfig) -> Any:
-    """The backbone every family shares: MobileNetV2 or ResNet-50 (``tiny``: MobileNetV2 x0.35
-    or ResNet-18)."""
-    from official.vision.configs import backbones
-
-    tiny = cfg.model_size == "tiny"
-    if cfg.backbone == "mobilenetv2":
-        return backbones.Backbone(type="mobilenet", mobilenet=backbones.MobileNet(
-            model_id="MobileNetV2", filter_size_scale=0.35 if tiny else 1.0))
-    return backbones.Backbone(type="resnet", resnet=backbones.ResNet(model_id=18 if tiny else 50))
-
-
-def configure_train_data(data: Any, cfg: TrainConfig, train_glob: str, local_files: int) -> None:
-    """The training input every family shares: this worker's files, the global batch, the seed,
-    and either shuffling or the deterministic order (augmentation is each family's: off in the
-    deterministic order)."""
-    data.input_path = train_glob
-    data.global_batch_size = cfg.global_batch_size
-    data.is_training = True
-    data.dtype = "float32"
-    data.seed = cfg.seed
-    data.sharding = False  # each worker already pulled only its own shards
-    if cfg.deterministic_input:
-        # Records alternate between the files one by one, in a fixed order, unshuffled and
-        # unaugmented: reproducible, and N workers see the same global batches as one.
-        data.shuffle_buffer_size = 1
-        data.cycle_length, data.block_length, data.deterministic = max(local_files, 1), 1, True
-    else:
-        data.shuffle_buffer_size = 256

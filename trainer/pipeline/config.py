@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.pipeline_schema import message_class
+from trainer.pipeline.schema import message_class
 
 # The OD API's TF2 "fine_tune" restores all but the class head, which is our "detection".
 FINE_TUNE_TYPES = {"classification": "classification", "detection": "detection",

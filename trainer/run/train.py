@@ -2,7 +2,7 @@
 
 The loop is ours (Keras 3 ``model.fit`` crashes under MWMS, keras-team/keras#20585). What differs
 between tasks (the model, its losses and input pipeline, evaluation, export) is a ``Job``:
-``trainer.detection_job`` (Model Garden RetinaNet) or ``trainer.keras_job`` (an exported Keras
+``trainer.detection.job`` (Model Garden RetinaNet) or ``trainer.keras.job`` (an exported Keras
 model). Checkpoints are written locally every N steps and published to the run directory in the
 background; SIGTERM becomes a coordinated save (``PreemptionCheckpointHandler``), then exit 42.
 At the end the chief evaluates, writes ``eval/metrics.json`` and exports.
@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainer import checkpoints, contract
-from trainer.cluster import ClusterInfo, make_strategy
+from trainer import contract
 from trainer.config import ConfigError, TrainConfig
-from trainer.staging import Staged, restore, stage_resume
-from trainer.storage import Storage, join
+from trainer.run import checkpoints
+from trainer.run.cluster import ClusterInfo, make_strategy
+from trainer.run.staging import Staged, restore, stage_resume
+from trainer.run.storage import Storage, join
 from trainer.text import first_line
 
 log = logging.getLogger("trainer")
@@ -67,10 +68,10 @@ class Job(Protocol):
 def make_job(cfg: TrainConfig, labels: dict[int, str] | None, num_classes: int | None) -> Job:
     """The job of ``cfg.task``."""
     if cfg.task == "keras":
-        from trainer.keras_job import KerasJob
+        from trainer.keras.job import KerasJob
 
         return KerasJob(cfg, labels, num_classes)
-    from trainer.detection_job import DetectionJob
+    from trainer.detection.job import DetectionJob
 
     assert num_classes is not None
     return DetectionJob(cfg, labels, num_classes)

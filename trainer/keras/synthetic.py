@@ -7,7 +7,7 @@ Each class is a pattern drawn in a random colour at a random place on noise (str
 orientation, a square, a cross, a ring), so what a network learns on some patterns (edges,
 orientations) helps on the others.
 
-    python -m trainer.synthetic_keras ROOT [SIZE]   # the demo's data and models under ROOT
+    python -m trainer.keras.synthetic ROOT [SIZE]   # the demo's data and models under ROOT
 """
 
 from __future__ import annotations

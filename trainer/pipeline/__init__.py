@@ -1,0 +1,1 @@
+"""The OD API's pipeline.config: its schema and the rules that honour or refuse each field."""

@@ -1,0 +1,133 @@
+"""The rules that span several training fields, written once: ``launcher validate`` runs them on
+the spec (naming spec paths), the trainer on its flags and pipeline.config (naming the flag, or
+the config field a value came from). Pure Python: no TensorFlow.
+
+A rule sees ``values`` (field name -> value; None where unknown yet, e.g. left to a
+pipeline.config the spec does not read) and ``given`` (the names the user set), and raises
+``RuleError`` naming the field to change.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from trainer.fields import BY_NAME, FIELDS
+from trainer.text import shown
+
+
+class RuleError(Exception):
+    """A rule a field breaks: ``field`` (a field name), ``index`` (of a list item) and why."""
+
+    def __init__(self, field: str, message: str, index: int | None = None) -> None:
+        self.field, self.message, self.index = field, message, index
+        super().__init__(f"{field}: {message}")
+
+
+class Names(Protocol):
+    """How one side names fields in its messages."""
+
+    def field(self, name: str) -> str:
+        """The field ``name`` as the user wrote it (a spec path, a flag)."""
+
+    def setting(self, name: str, value: Any) -> str:
+        """The field set to ``value`` (``model.task: keras``, ``--task keras``)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every rule reads."""
+
+    values: Mapping[str, Any]
+    given: frozenset[str]
+    names: Names
+
+
+def _task_fields(c: Context) -> None:
+    task = c.values.get("task")
+    for field in FIELDS:
+        if field.task and field.task != task and field.name in c.given:
+            why = f" ({field.only_why})" if field.only_why else ""
+            raise RuleError(field.name, f"only with {c.names.setting('task', field.task)}{why}")
+
+
+def _one_way_to_freeze(c: Context) -> None:
+    ways = ("trainable_layers", "freeze_until", "freeze_patterns")
+    chosen = [name for name in ways if name in c.given]
+    if len(chosen) > 1:
+        listed = ", ".join(c.names.field(name) for name in ways)
+        raise RuleError(chosen[1], f"set only one of {listed} (also set: "
+                        f"{c.names.field(chosen[0])})")
+
+
+def _freeze_patterns_compile(c: Context) -> None:
+    for i, pattern in enumerate(c.values.get("freeze_patterns") or []):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise RuleError("freeze_patterns", f"{shown(pattern)} is not a regular expression "
+                            f"({err})", index=i) from None
+
+
+def _custom_objects_is_a_module(c: Context) -> None:
+    module = c.values.get("custom_objects")
+    if module is not None and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+        raise RuleError("custom_objects", f"{shown(module)} is not a Python module name (e.g. "
+                        "my_layers)")
+
+
+def _keras_needs_its_model(c: Context) -> None:
+    if c.values.get("task") == "keras" and not c.values.get("checkpoint"):
+        raise RuleError("checkpoint", f"required with {c.names.setting('task', 'keras')} (the "
+                        "exported model: .h5, .keras or a SavedModel directory)")
+
+
+def _family_fits(c: Context) -> None:
+    from trainer.detection import families
+
+    if c.values.get("task") != "detection":
+        return
+    family = families.get(c.values.get("family") or BY_NAME["family"].default)
+    if not family.backbones and "backbone" in c.given:
+        raise RuleError("backbone", f"{family.name}'s backbone is {family.own_backbone}: drop "
+                        f"{c.names.field('backbone')}")
+    if c.values.get("pipeline_config") and not family.reads_pipeline_config:
+        readers = [f.name for f in families.all_families() if f.reads_pipeline_config]
+        raise RuleError("pipeline_config", f"a pipeline.config describes an OD-API ssd model "
+                        f"({', '.join(readers)}), not {c.names.setting('family', family.name)}: "
+                        f"drop {c.names.field('pipeline_config')} and set the model in the "
+                        f"other fields, or drop {c.names.field('family')}")
+
+
+# Feature maps of a detector halve the image up to level 5 (32 pixels) in every family.
+IMAGE_STRIDE = 32
+
+
+def _image_size_fits(c: Context) -> None:
+    size = c.values.get("image_size")
+    if c.values.get("task") == "detection" and size is not None and size % IMAGE_STRIDE:
+        raise RuleError("image_size", f"{size} is not a multiple of {IMAGE_STRIDE}: try "
+                        f"{max(IMAGE_STRIDE, round(size / IMAGE_STRIDE) * IMAGE_STRIDE)}")
+
+
+def _warmup_fits(c: Context) -> None:
+    warmup, steps = c.values.get("warmup_steps"), c.values.get("steps")
+    if warmup and steps is not None and warmup >= steps:
+        raise RuleError("warmup_steps", f"{warmup} steps of warm-up are not fewer than the "
+                        f"run's {steps} steps ({c.names.field('steps')}): set "
+                        f"{c.names.field('warmup_steps')} below the steps")
+
+
+RULES: tuple[Callable[[Context], None], ...] = (
+    _task_fields, _one_way_to_freeze, _freeze_patterns_compile, _custom_objects_is_a_module,
+    _keras_needs_its_model, _family_fits, _image_size_fits, _warmup_fits,
+)
+
+
+def check(values: Mapping[str, Any], given: set[str] | frozenset[str], names: Names) -> None:
+    """Run every rule; the first broken one raises ``RuleError``."""
+    context = Context(values, frozenset(given), names)
+    for rule in RULES:
+        rule(context)
