@@ -20,7 +20,7 @@ import typer
 from launcher import __version__
 from launcher.errors import LauncherError, SpecError
 from launcher.validate import DEFAULT_K8S_VERSION
-from trainer.fields import FIELDS
+from trainer.fields import BY_NAME, FIELDS
 
 app = typer.Typer(
     name="launcher",
@@ -249,14 +249,6 @@ class DemoTask(str, enum.Enum):
     keras = "keras"
 
 
-class DemoFamily(str, enum.Enum):
-    """The detector ``launcher demo --task detection`` fine-tunes."""
-
-    retinanet = "retinanet"
-    faster_rcnn = "faster_rcnn"
-    yolo = "yolo"
-
-
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--dir", help="where data, runs and logs go")] = Path(
@@ -264,8 +256,9 @@ def demo(
     task: Annotated[DemoTask, typer.Option(
         "--task", help="detection (RetinaNet) or keras (an exported Keras classifier)")
     ] = DemoTask.detection,
-    family: Annotated[DemoFamily, typer.Option(
-        "--family", help="the detector of --task detection")] = DemoFamily.retinanet,
+    family: Annotated[str, typer.Option(
+        "--family", help="the detector of --task detection: "
+        f"{', '.join(BY_NAME['family'].options() or ())}")] = BY_NAME["family"].default,
 ) -> None:
     """Fine-tune end to end on this machine: no cluster, no cloud account.
 
@@ -277,8 +270,12 @@ def demo(
 
     from launcher.demo import DemoSettings, KerasDemoSettings, run_demo, run_keras_demo, summary
 
-    if task is DemoTask.keras and family is not DemoFamily.retinanet:
+    if task is DemoTask.keras and family != BY_NAME["family"].default:
         raise fail(LauncherError("--family: only with --task detection"))
+    try:
+        settings = DemoSettings(family=family)
+    except LauncherError as err:
+        raise fail(err) from None
     columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
@@ -295,7 +292,7 @@ def demo(
             if task is DemoTask.keras:
                 result = run_keras_demo(workdir.resolve(), KerasDemoSettings(), stage)
             else:
-                result = run_demo(workdir.resolve(), DemoSettings(family=family.value), stage)
+                result = run_demo(workdir.resolve(), settings, stage)
         except LauncherError as err:
             progress.stop()
             typer.echo(f"(worker logs: {workdir / 'logs'})", err=True)

@@ -30,8 +30,8 @@ from typing import Any, TextIO
 
 import yaml
 
-from launcher.errors import LauncherError
-from trainer import contract
+from launcher.errors import LauncherError, UsageError
+from trainer import contract, fields
 
 MARKER = ".launcher-demo"
 STEP_LINE = re.compile(r"worker 0 step (\d+)/(\d+) loss (\S+)")
@@ -46,7 +46,14 @@ class DemoSettings:
     finetune_steps: int = 40
     global_batch_size: int = 8
     workers: int = 2
-    family: str = "retinanet"  # the detector: retinanet | faster_rcnn | yolo
+    family: str = "retinanet"  # the detector (``trainer.detection.families``)
+
+    def __post_init__(self) -> None:
+        from trainer.detection import families
+
+        if self.family not in families.names():
+            raise UsageError(f"--family: {self.family!r} is not one of "
+                                f"{', '.join(families.names())}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +119,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _trainer(args: list[str], log: StageLog, what: str) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "trainer", *args], env=_env(),
+def _trainer(values: dict[str, Any], log: StageLog, what: str) -> None:
+    """Run ``python -m trainer`` with these field values (``trainer.fields``)."""
+    proc = subprocess.Popen([sys.executable, "-m", "trainer", *fields.to_args(values)],
+                            env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     tail: list[str] = []
@@ -155,16 +164,15 @@ def run_demo(workdir: Path, settings: DemoSettings,
     _trainer_module("trainer.detection.synthetic", [str(data), str(settings.image_size)], log)
     step_cb(1, 1)
     log.close()
-    common = ["--family", settings.family, "--model-size", "tiny",
-              "--image-size", str(settings.image_size),
-              "--global-batch-size", str(settings.global_batch_size), "--log-every", "2"]
+    common = {"family": settings.family, "model_size": "tiny", "image_size": settings.image_size,
+              "global_batch_size": settings.global_batch_size, "log_every": 2, "export": False}
     log = StageLog(logs / "pretrain.log", stage("pre-train the base model (2 classes)",
                                                 settings.pretrain_steps))
-    _trainer(["--run-dir", str(workdir / "runs" / "base"), "--train",
-              str(data / "pretrain" / "train-*.tfrecord"), "--label-map",
-              str(data / "pretrain" / "label_map.pbtxt"), "--steps",
-              str(settings.pretrain_steps), "--checkpoint-every", str(settings.pretrain_steps),
-              "--no-export", *common], log, "pre-training")
+    _trainer({"run_dir": workdir / "runs" / "base",
+              "train": [data / "pretrain" / "train-*.tfrecord"],
+              "label_map": data / "pretrain" / "label_map.pbtxt",
+              "steps": settings.pretrain_steps, "checkpoint_every": settings.pretrain_steps,
+              **common}, log, "pre-training")
     log.close()
     spec = _finetune(workdir, demo_spec(workdir, settings), stage(
         f"fine-tune on 2 new classes with {settings.workers} local workers",
@@ -172,12 +180,11 @@ def run_demo(workdir: Path, settings: DemoSettings,
     log = StageLog(logs / "scratch.log", stage("the same training from scratch",
                                                settings.finetune_steps))
     scratch_dir = workdir / "runs" / "from-scratch"
-    _trainer(["--run-dir", str(scratch_dir), "--train",
-              str(data / "finetune" / "train-*.tfrecord"), "--eval",
-              str(data / "eval" / "val-*.tfrecord"), "--label-map",
-              str(data / "finetune" / "label_map.pbtxt"), "--steps",
-              str(settings.finetune_steps), "--checkpoint-every", str(settings.finetune_steps),
-              "--no-export", *common], log, "the from-scratch run")
+    _trainer({"run_dir": scratch_dir, "train": [data / "finetune" / "train-*.tfrecord"],
+              "eval": [data / "eval" / "val-*.tfrecord"],
+              "label_map": data / "finetune" / "label_map.pbtxt",
+              "steps": settings.finetune_steps, "checkpoint_every": settings.finetune_steps,
+              **common}, log, "the from-scratch run")
     log.close()
     run_dir = Path(spec.job_run_dir)
     return DemoResult(run_dir, _metrics(run_dir), _metrics(scratch_dir))
@@ -217,14 +224,13 @@ def run_keras_demo(workdir: Path, settings: KerasDemoSettings,
     log = StageLog(logs / "scratch.log", stage("the same network from scratch",
                                                settings.finetune_steps))
     scratch_dir = workdir / "runs" / "from-scratch"
-    _trainer(["--task", "keras", "--run-dir", str(scratch_dir), "--checkpoint",
-              str(data / "models" / "scratch.h5"), "--train",
-              str(data / "finetune" / "train-*.tfrecord"), "--eval",
-              str(data / "eval" / "val-*.tfrecord"), "--label-map",
-              str(data / "finetune" / "label_map.pbtxt"), "--steps",
-              str(settings.finetune_steps), "--global-batch-size",
-              str(settings.global_batch_size), "--checkpoint-every",
-              str(settings.finetune_steps), "--log-every", "2", "--no-export"], log,
+    _trainer({"task": "keras", "run_dir": scratch_dir,
+              "checkpoint": data / "models" / "scratch.h5",
+              "train": [data / "finetune" / "train-*.tfrecord"],
+              "eval": [data / "eval" / "val-*.tfrecord"],
+              "label_map": data / "finetune" / "label_map.pbtxt",
+              "steps": settings.finetune_steps, "global_batch_size": settings.global_batch_size,
+              "checkpoint_every": settings.finetune_steps, "log_every": 2, "export": False}, log,
              "the from-scratch run")
     log.close()
     run_dir = Path(spec.job_run_dir)
