@@ -16,13 +16,38 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from launcher import __version__
 from launcher.errors import LauncherError, SpecError
 from launcher.validate import DEFAULT_K8S_VERSION
 from trainer.fields import BY_NAME, FIELDS
 
+MAX_ERROR_LINE = 1000
+
+
+def error_line(err: LauncherError) -> str:
+    """The one line an error prints: control characters escaped, length capped."""
+    from trainer.text import escape
+
+    text = escape(str(err))
+    return text if len(text) <= MAX_ERROR_LINE else text[:MAX_ERROR_LINE - 3] + "..."
+
+
+class _Commands(TyperGroup):
+    """The launcher's command groups. This is the one place errors are reported: a
+    ``LauncherError`` from any command is one ``error:`` line on stderr and its exit code."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LauncherError as err:
+            typer.echo(f"error: {error_line(err)}", err=True)
+            raise typer.Exit(err.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="launcher",
     help="Launch distributed TensorFlow fine-tuning on Kubernetes (MultiWorkerMirroredStrategy).",
     no_args_is_help=True,
@@ -112,21 +137,6 @@ def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-MAX_ERROR_LINE = 1000
-
-
-def fail(err: LauncherError) -> typer.Exit:
-    """Print one error line (control characters escaped, length capped) and return the exit to
-    raise."""
-    from trainer.text import escape
-
-    text = escape(str(err))
-    if len(text) > MAX_ERROR_LINE:
-        text = text[:MAX_ERROR_LINE - 3] + "..."
-    typer.echo(f"error: {text}", err=True)
-    return typer.Exit(err.exit_code)
-
-
 def _warn_image(spec: Any) -> None:
     from launcher.spec import image_warnings
 
@@ -173,20 +183,14 @@ def render(
     from launcher.api import build_objects
 
     if output not in ("yaml", "json"):
-        raise fail(LauncherError(f"--output: {output!r} is not yaml or json"))
-    try:
-        spec, objects = build_objects(spec_source, k8s_version, schema=schema)
-    except LauncherError as err:
-        raise fail(err) from None
+        raise LauncherError(f"--output: {output!r} is not yaml or json")
+    spec, objects = build_objects(spec_source, k8s_version, schema=schema)
     _warn_image(spec)
     if output_dir is not None:
         from launcher.files import write_all
 
-        try:
-            write_all(output_dir, {rendering.file_name(obj, i): rendering.to_yaml([obj])
-                                   for i, obj in enumerate(objects)})
-        except LauncherError as err:
-            raise fail(err) from None
+        write_all(output_dir, {rendering.file_name(obj, i): rendering.to_yaml([obj])
+                               for i, obj in enumerate(objects)})
         typer.echo(f"wrote {len(objects)} objects to {output_dir}", err=True)
         return
     sys.stdout.write(rendering.to_json(objects) if output == "json" else rendering.to_yaml(objects))
@@ -197,12 +201,9 @@ def render(
 def validate(spec_source: Any, k8s_version: K8sVersion = DEFAULT_K8S_VERSION) -> None:
     """Validate the spec and every rendered object (strict schema + cross-field rules)."""
     from launcher.api import build_objects
-    from launcher.cluster import input_checks
+    from launcher.inputs import input_checks
 
-    try:
-        spec, objects = build_objects(spec_source, k8s_version)
-    except LauncherError as err:
-        raise fail(err) from None
+    spec, objects = build_objects(spec_source, k8s_version)
     _warn_image(spec)
     checks = input_checks(spec)
     for check in checks:
@@ -210,7 +211,7 @@ def validate(spec_source: Any, k8s_version: K8sVersion = DEFAULT_K8S_VERSION) ->
             typer.echo(f"warning: {check.message}", err=True)
     errors = [c.message for c in checks if c.level == "error"]
     if errors:
-        raise fail(SpecError("", "; ".join(errors)))
+        raise SpecError("", "; ".join(errors))
     kinds = ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
     typer.echo(f"ok: {spec.name} ({spec.workers} workers, profile {spec.profile}): {kinds} "
                f"valid for Kubernetes {k8s_version}")
@@ -232,10 +233,7 @@ def run_local(
     from launcher import api
     from trainer import contract
 
-    try:
-        spec = api.run_local(spec_source, grace=grace)
-    except LauncherError as err:
-        raise fail(err) from None
+    spec = api.run_local(spec_source, grace=grace)
     run_dir = spec.job_run_dir
     typer.echo(f"done: {spec.name} ({spec.workers} workers)\n"
                f"  checkpoints: {contract.run_path(run_dir, contract.RUN_CHECKPOINTS)}\n"
@@ -271,11 +269,8 @@ def demo(
     from launcher.demo import DemoSettings, KerasDemoSettings, run_demo, run_keras_demo, summary
 
     if task is DemoTask.keras and family != BY_NAME["family"].default:
-        raise fail(LauncherError("--family: only with --task detection"))
-    try:
-        settings = DemoSettings(family=family)
-    except LauncherError as err:
-        raise fail(err) from None
+        raise LauncherError("--family: only with --task detection")
+    settings = DemoSettings(family=family)
     columns = (TextColumn("{task.description:<48}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, transient=False) as progress:
@@ -293,10 +288,10 @@ def demo(
                 result = run_keras_demo(workdir.resolve(), KerasDemoSettings(), stage)
             else:
                 result = run_demo(workdir.resolve(), settings, stage)
-        except LauncherError as err:
+        except LauncherError:
             progress.stop()
             typer.echo(f"(worker logs: {workdir / 'logs'})", err=True)
-            raise fail(err) from None
+            raise
         for task in current:
             progress.update(task, completed=progress.tasks[task].total)
     typer.echo(summary(result))
@@ -307,6 +302,8 @@ Context = Annotated[Optional[str], typer.Option(  # noqa: UP045
 Namespace = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--namespace", "-n", help="namespace (default: the kubeconfig context's)")]
 JobName = Annotated[str, typer.Argument(help="job name")]
+Local = Annotated[bool, typer.Option("--local", help="the jobs `launcher run-local` ran on this "
+                                                     "machine, not the cluster's")]
 
 
 def _emit(data: Any, output: str | None) -> bool:
@@ -320,7 +317,7 @@ def _emit(data: Any, output: str | None) -> bool:
     elif output == "yaml":
         typer.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     elif output:
-        raise fail(LauncherError(f"--output: {output!r} is not json or yaml"))
+        raise LauncherError(f"--output: {output!r} is not json or yaml")
     return bool(output)
 
 
@@ -342,13 +339,10 @@ def submit(
     from launcher import api
 
     if dry_run not in (None, "server"):
-        raise fail(LauncherError(f"--dry-run: {dry_run!r}: only 'server' (use `launcher render` "
-                                 "for a client-side dry run)"))
-    try:
-        spec, applied, checks = api.submit(spec_source, context, replace=replace,
-                                           dry_run=dry_run == "server", checks=not skip_checks)
-    except LauncherError as err:
-        raise fail(err) from None
+        raise LauncherError(f"--dry-run: {dry_run!r}: only 'server' (use `launcher render` "
+                            "for a client-side dry run)")
+    spec, applied, checks = api.submit(spec_source, context, replace=replace,
+                                       dry_run=dry_run == "server", checks=not skip_checks)
     _warn_image(spec)
     for check in checks:
         typer.echo(f"{check.level}: {check.message}", err=True)
@@ -366,10 +360,7 @@ def _wait(name: str, namespace: str, context: str | None) -> None:
 
     last = ""
     while True:
-        try:
-            st = api.status(name, namespace, context)
-        except LauncherError as err:
-            raise fail(err) from None
+        st = api.status(name, namespace, context)
         line = (f"{st.phase}: {st.succeeded}/{st.workers} workers done"
                 + (f", step {st.step}" if st.step is not None else "")
                 + (f" - {st.explanation}" if st.explanation else ""))
@@ -386,14 +377,11 @@ def _wait(name: str, namespace: str, context: str | None) -> None:
 @app.command("status")
 def status_cmd(name: JobName, namespace: Namespace = None, context: Context = None,
                output: Annotated[Optional[str], typer.Option(  # noqa: UP045
-                   "--output", "-o", help="json or yaml")] = None) -> None:
+                   "--output", "-o", help="json or yaml")] = None, local: Local = False) -> None:
     """Phase, per-worker pods and restarts, progress, and why it failed."""
     from launcher import api
 
-    try:
-        st = api.status(name, namespace, context)
-    except LauncherError as err:
-        raise fail(err) from None
+    st = api.status(name, namespace, context, local=local)
     if _emit(st.to_dict(), output):
         return
     progress = f"  step {st.step}/{st.steps or '?'}" if st.step is not None else ""
@@ -415,21 +403,15 @@ def logs_cmd(name: JobName, namespace: Namespace = None, context: Context = None
              index: Annotated[Optional[int], typer.Option(  # noqa: UP045
                  "--index", help="one worker only")] = None,
              tail: Annotated[Optional[int], typer.Option(  # noqa: UP045
-                 "--tail", help="last lines per pod")] = None) -> None:
+                 "--tail", help="last lines per pod")] = None, local: Local = False) -> None:
     """Every worker's log, prefixed with its index, replaced pods included."""
-    from launcher import cluster
-    from launcher.kube import connect
+    from launcher import api
 
-    try:
-        kube = connect(context)
-        namespace = namespace or kube.namespace
-        if follow_:
-            cluster.follow(kube, name, namespace, typer.echo, index)
-        else:
-            for line in cluster.logs(kube, name, namespace, index, tail):
-                typer.echo(line)
-    except LauncherError as err:
-        raise fail(err) from None
+    if follow_:
+        api.backend(context, local).follow(name, namespace, typer.echo, index)
+        return
+    for line in api.logs(name, namespace, context, index, tail, local=local):
+        typer.echo(line)
 
 
 @app.command("list")
@@ -437,17 +419,15 @@ def list_cmd(namespace: Annotated[Optional[str], typer.Option(  # noqa: UP045
                  "--namespace", "-n", help="default: all namespaces")] = None,
              context: Context = None,
              output: Annotated[Optional[str], typer.Option(  # noqa: UP045
-                 "--output", "-o", help="json or yaml")] = None) -> None:
+                 "--output", "-o", help="json or yaml")] = None, local: Local = False) -> None:
     """Jobs this tool manages, with phase, workers, age and progress."""
     from launcher import api
+    from launcher.runs import run_progress
 
-    try:
-        rows = api.list_jobs(namespace, context,
-                             warn=lambda message: typer.echo(f"warning: {message}", err=True))
-        for row in rows:
-            row["step"] = api.run_progress(row["runDir"]) if row["runDir"] else None
-    except LauncherError as err:
-        raise fail(err) from None
+    rows = api.list_jobs(namespace, context, local=local,
+                         warn=lambda message: typer.echo(f"warning: {message}", err=True))
+    for row in rows:
+        row["step"] = run_progress(row["runDir"]) if row["runDir"] else None
     if _emit(rows, output):
         return
     typer.echo(f"{'NAMESPACE':<16}{'NAME':<32}{'PHASE':<11}{'WORKERS':<9}{'STEP':<8}CREATED")
@@ -462,17 +442,15 @@ def delete_cmd(name: JobName, namespace: Namespace = None, context: Context = No
                purge: Annotated[bool, typer.Option(
                    "--purge", help="also delete the run directory (asks first)")] = False,
                yes: Annotated[bool, typer.Option("--yes", "-y",
-                                                 help="do not ask")] = False) -> None:
+                                                 help="do not ask")] = False,
+               local: Local = False) -> None:
     """Delete the Job (foreground: pods first), its Service and ServiceAccount."""
     from launcher import api
 
     if purge and not yes and not typer.confirm(
             f"delete the run directory of job {name} (checkpoints, model) too?"):
         raise typer.Exit(1)
-    try:
-        gone = api.delete(name, namespace, context, purge=purge)
-    except LauncherError as err:
-        raise fail(err) from None
+    gone = api.delete(name, namespace, context, purge=purge, local=local)
     for item in gone:
         typer.echo(f"deleted {item}")
 
@@ -493,11 +471,8 @@ def image_build(
     from launcher import images
 
     if kind not in images.BASE_IMAGES:
-        raise fail(LauncherError(f"--kind: {kind!r} is not gpu or cpu"))
-    try:
-        ref = images.build(kind, registry, tag, push)
-    except LauncherError as err:
-        raise fail(err) from None
+        raise LauncherError(f"--kind: {kind!r} is not gpu or cpu")
+    ref = images.build(kind, registry, tag, push)
     typer.echo(ref)
 
 
@@ -506,10 +481,7 @@ def kind_up(name: ClusterName = "launcher") -> None:
     """Create the cluster (1 control plane, 2 workers) and deploy the GCS emulator."""
     from launcher import kind
 
-    try:
-        kind.up(name)
-    except LauncherError as err:
-        raise fail(err) from None
+    kind.up(name)
     typer.echo(f"cluster {name} is up (context {kind.context(name)}); GCS emulator at "
                f"{kind.HOST_EMULATOR} from this machine")
 
@@ -522,10 +494,7 @@ def kind_load(
     """kind load docker-image: make a locally built image available to every node."""
     from launcher import kind
 
-    try:
-        kind.load(image, name)
-    except LauncherError as err:
-        raise fail(err) from None
+    kind.load(image, name)
 
 
 @kind_app.command("down")
@@ -533,10 +502,7 @@ def kind_down(name: ClusterName = "launcher") -> None:
     """Delete the cluster."""
     from launcher import kind
 
-    try:
-        kind.down(name)
-    except LauncherError as err:
-        raise fail(err) from None
+    kind.down(name)
 
 
 @spec_app.command("init")
@@ -555,9 +521,6 @@ def spec_init(
     from launcher.files import write_all
 
     if path.exists() and not force:
-        raise fail(LauncherError(f"{path}: exists; use --force to overwrite"))
-    try:
-        write_all(path.parent, {path.name: text}, create_dir=False)
-    except LauncherError as err:
-        raise fail(err) from None
+        raise LauncherError(f"{path}: exists; use --force to overwrite")
+    write_all(path.parent, {path.name: text}, create_dir=False)
     typer.echo(f"wrote {path}", err=True)

@@ -29,7 +29,7 @@ def up(name: str = DEFAULT_CLUSTER, runner: Runner = run_tool, timeout: float = 
              str(manifests / "cluster.yaml")], runner)
     import yaml
 
-    from launcher.kube import connect
+    from launcher.cluster.client import connect
 
     kube = connect(context(name))
     for obj in yaml.safe_load_all((manifests / "gcs-emulator.yaml").read_text()):

@@ -174,6 +174,11 @@ def to_json(objects: list[dict[str, Any]]) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}, indent=2) + "\n"
 
 
+def job_object(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Job among rendered objects."""
+    return next(o for o in objects if o["kind"] == "Job")
+
+
 def file_name(obj: dict[str, Any], position: int) -> str:
     """File name for ``--output-dir``: apply order first, then kind and name."""
     return f"{position:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"

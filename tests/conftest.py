@@ -22,3 +22,12 @@ BASE_SPEC: dict[str, Any] = {
 def base_spec() -> dict[str, Any]:
     """A fresh copy of a valid spec (generic profile, 2 workers)."""
     return copy.deepcopy(BASE_SPEC)
+
+
+@pytest.fixture(autouse=True)
+def local_state(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test's own state directory for the local backend's job records (and that of the
+    processes it starts), never the user's."""
+    path = tmp_path_factory.mktemp("launcher-state")
+    monkeypatch.setenv("LAUNCHER_STATE_DIR", str(path))
+    return path

@@ -10,6 +10,7 @@ import os
 import sys
 
 from trainer import contract
+from trainer.errors import TrainerError
 from trainer.text import first_line
 
 
@@ -23,14 +24,13 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log = logging.getLogger("trainer")
     from trainer.config import (
-        ConfigError,
         from_args,
         parse_label_map,
         resolve_keras_classes,
         resolve_num_classes,
     )
     from trainer.run import cluster as cluster_mod
-    from trainer.run.storage import Storage, StorageError
+    from trainer.run.storage import Storage
 
     try:
         storage = Storage.from_env(dict(os.environ))
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(code)
         return code
-    except (ConfigError, StorageError, cluster_mod.ClusterError) as err:
+    except TrainerError as err:
         log.error("error: %s", err)
-        return contract.EXIT_USER_ERROR
+        return err.exit_code
     except Exception as err:
         if not _transient(err):
             raise
@@ -69,12 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _transient(err: BaseException) -> bool:
-    """Infrastructure failures that a restart may not meet again: a checkpoint that could not
-    be published, GCS answering 429 or 5xx or not at all beyond the retry deadline."""
-    from trainer.run.checkpoints import PublishError
-
-    if isinstance(err, PublishError):
-        return True
+    """Infrastructure failures of the storage client that a restart may not meet again: GCS
+    answering 429 or 5xx or not at all beyond the retry deadline."""
     try:
         import requests
         from google.api_core import exceptions as api

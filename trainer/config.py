@@ -13,12 +13,13 @@ from dataclasses import field, make_dataclass
 from typing import Any
 
 from trainer import contract, rules
+from trainer.errors import TrainerError
 from trainer.fields import BY_NAME, FIELDS, Field
 from trainer.pipeline.config import PipelineConfig, PipelineConfigError
 from trainer.pipeline.config import parse as parse_pipeline
 
 
-class ConfigError(Exception):
+class ConfigError(TrainerError):
     """A user error in the trainer's configuration: exit code 1."""
 
 

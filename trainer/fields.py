@@ -49,6 +49,7 @@ class Field:
     maximum: float | None = None
     above: bool = False  # the minimum is exclusive (> rather than >=)
     launcher_flag: bool = False  # also a flag of `launcher render|validate|submit|run-local`
+    uri: bool = False  # a gs:// URI or local path (globs for records), checked as such
     only_why: str = ""  # why another task refuses it, beside "only with task ..."
     example: Any = None  # a value to show in the example spec (``launcher spec init``)
     in_example: bool = False  # the example spec sets it (else it is shown commented out)
@@ -110,7 +111,7 @@ FIELDS: tuple[Field, ...] = (
        choices=_family_names, task="detection", launcher_flag=True),
     _f("checkpoint", str, "checkpoint to fine-tune from: a prefix (.../ckpt-0) or a directory "
        "holding a `checkpoint` file; none: from scratch", spec="model.checkpoint",
-       pipeline="fine_tune_checkpoint", launcher_flag=True,
+       pipeline="fine_tune_checkpoint", uri=True, launcher_flag=True,
        example="gs://my-bucket/models/retinanet/ckpt-0", in_example=True),
     _f("fine_tune_type", str, "what the checkpoint restores: classification (the backbone), "
        "detection (all but the class-dependent layers; num_classes may change) or full "
@@ -120,10 +121,10 @@ FIELDS: tuple[Field, ...] = (
        in_example=True),
     _f("pipeline_config", str, "an OD-API pipeline.config: num_classes, image size, batch "
        "size, steps, learning rate, label map and input paths come from it unless set here",
-       spec="model.pipelineConfig", task="detection", launcher_flag=True,
+       spec="model.pipelineConfig", task="detection", uri=True, launcher_flag=True,
        example="gs://my-bucket/models/retinanet/pipeline.config"),
     _f("label_map", str, "a StringIntLabelMap label_map.pbtxt", spec="model.labelMap",
-       pipeline="label_map_path", launcher_flag=True,
+       pipeline="label_map_path", uri=True, launcher_flag=True,
        example="gs://my-bucket/data/label_map.pbtxt", in_example=True),
     _f("num_classes", int, "classes (ids 1..N); must cover the label map's ids",
        spec="model.numClasses", pipeline="num_classes", minimum=1, example=3),
@@ -171,9 +172,10 @@ FIELDS: tuple[Field, ...] = (
     # --- data
     _f("train", str, "training TFRecord globs (train-?????-of-00100.tfrecord; GZIP files are "
        "read)", spec="data.train", repeated=True, pipeline="train_input_paths",
-       launcher_flag=True, example=["gs://my-bucket/data/train-*.tfrecord"], in_example=True),
+       uri=True, launcher_flag=True, example=["gs://my-bucket/data/train-*.tfrecord"],
+       in_example=True),
     _f("eval", str, "eval TFRecord globs", spec="data.eval", repeated=True,
-       pipeline="eval_input_paths", launcher_flag=True,
+       pipeline="eval_input_paths", uri=True, launcher_flag=True,
        example=["gs://my-bucket/data/val-*.tfrecord"], in_example=True),
     _f("max_skipped_fraction", float, "fail when more than this fraction of a worker's "
        "examples is unusable (bad boxes or classes, undecodable images; box-less images are "

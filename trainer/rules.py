@@ -14,11 +14,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from trainer.errors import TrainerError
 from trainer.fields import BY_NAME, FIELDS
 from trainer.text import shown
 
 
-class RuleError(Exception):
+class RuleError(TrainerError):
     """A rule a field breaks: ``field`` (a field name), ``index`` (of a list item) and why."""
 
     def __init__(self, field: str, message: str, index: int | None = None) -> None:

@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from launcher.cli import app
-from launcher.kube import Kube, connect
+from launcher.cluster.client import Kube, connect
 from tests.cluster.controlplane import ADMIN_TOKEN, ControlPlane, control_plane, missing_assets
 from tests.conftest import BASE_SPEC
 

@@ -19,8 +19,6 @@ from pathlib import Path
 import pytest
 
 from launcher import api, images, kind
-from launcher import cluster as cluster_ops
-from launcher.kube import connect
 from launcher.spec import build_spec
 
 
@@ -95,7 +93,7 @@ def test_two_worker_job_on_kind(cluster: str, host_env: dict[str, str], tmp_path
         time.sleep(5)
     assert st.phase == "Succeeded", st.explanation
     assert st.step == 8 and latest_step(storage, f"gs://{BUCKET}/runs/default/e2e-ft") == 8
-    lines = cluster_ops.logs(connect(context), "e2e-ft", "default")
+    lines = api.logs("e2e-ft", "default", context)
     assert any(line.startswith("[1] ") and "step 8/8" in line for line in lines)
     assert api.delete("e2e-ft", "default", context) == [
         "Service/e2e-ft", "NetworkPolicy/e2e-ft", "Job/e2e-ft"]

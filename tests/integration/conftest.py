@@ -178,7 +178,7 @@ def train_one_and_two_workers(args: Callable[[str], list[str]], single: str,
                               double: str) -> None:
     """``args(run_dir)`` (a ``python -m trainer`` command line) run by one worker into
     ``single``, then by two workers on loopback into ``double``; both must succeed."""
-    from launcher.local import free_ports
+    from launcher.backends.processes import free_ports
     from trainer.contract import tf_config
 
     result = subprocess.run(args(single), env=trainer_env(), capture_output=True, text=True,

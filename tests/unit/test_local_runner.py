@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from launcher.api import job_object
-from launcher.local import LocalRunError, LocalRunner, worker_commands
-from launcher.render import render
+from launcher.backends.processes import LocalRunError, LocalRunner, worker_commands
+from launcher.render import job_object, render
 from launcher.spec import build_spec
 from tests.conftest import BASE_SPEC
 from trainer import contract

@@ -204,7 +204,7 @@ def test_example_spec_is_valid_and_documents_every_field(profile: str) -> None:
 
 
 def _structs(root: type) -> list[type]:
-    from launcher import spec as spec_module
+    from launcher.spec import model as spec_module
 
     return [root] + [getattr(spec_module, n) for n in ("Resources", "ModelSpec", "DataSpec",
                                                        "Training", "Scheduling", "Auth")]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainer.errors import TrainerError
 from trainer.text import first_line
 
 REASONS = {
@@ -38,7 +39,7 @@ BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bb
 EPSILON = 1e-3
 
 
-class RecordsError(Exception):
+class RecordsError(TrainerError):
     """A shard cannot be read, or too little of the data is usable: a user error (exit 1)."""
 
 
@@ -163,6 +164,7 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
     OD API's detection records with ``name_to_id`` and ``max_id``. Usable examples with more
     than ``max_boxes`` boxes are counted (the input pipeline keeps the first ``max_boxes``)."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
 
     if problem is None:
         def problem(example: object) -> str | None:
@@ -188,9 +190,7 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
                 gzip.BadGzipFile) as err:
             raise RecordsError(f"{path.name}: not a readable TFRecord file after "
                                f"{file_report.records} records ({first_line(err, 160)})") from None
-        except Exception as err:  # a record that is not a tf.train.Example
-            if type(err).__name__ != "DecodeError":
-                raise
+        except DecodeError:  # a record that is not a tf.train.Example
             raise RecordsError(f"{path.name}: record {file_report.records} is not a "
                                "tf.train.Example") from None
         damaged = usable - _decodable(path, kind, image_key)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.errors import TrainerError
 from trainer.pipeline.schema import message_class
 
 # The OD API's TF2 "fine_tune" restores all but the class head, which is our "detection".
@@ -33,7 +34,7 @@ ACTIVATIONS = {"RELU": "relu", "RELU_6": "relu6", "SWISH": "swish"}
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(TrainerError):
     """The file is not a readable pipeline.config, or asks for what the trainer cannot do."""
 
 

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from trainer import contract
+from trainer.errors import RetryableError, TrainerError
 from trainer.run.storage import Storage, StorageError, is_gcs, join
 from trainer.text import first_line
 
@@ -39,7 +40,7 @@ def latest_step(storage: Storage, run_dir: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-class CheckpointError(Exception):
+class CheckpointError(TrainerError):
     """A checkpoint that cannot be read (truncated, not a checkpoint at all)."""
 
 
@@ -160,7 +161,7 @@ def stage(storage: Storage, prefix: str, dest: Path) -> str:
     return str(dest / stem)
 
 
-class PublishError(Exception):
+class PublishError(RetryableError):
     """A checkpoint could not be published (storage unreachable beyond the retry deadline,
     read-only, ...). Retryable: the job restarts from the newest published checkpoint."""
 

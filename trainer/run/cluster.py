@@ -10,11 +10,12 @@ import time
 from dataclasses import dataclass
 
 from trainer import contract
+from trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
 
 
-class ClusterError(Exception):
+class ClusterError(TrainerError):
     """TF_CONFIG is missing or wrong, or peers never became resolvable."""
 
 

@@ -78,12 +78,9 @@ def _checked(staged: Staged, paths: list[Path], scan: Scan, cfg: TrainConfig,
     """Scan the records (damaged images noted in ``staged``); their compression."""
     from trainer.detection import records
 
-    try:
-        report = scan(paths)
-        log.info("%s: %s", what, report.summary())
-        records.check(report, cfg.max_skipped_fraction, what)
-    except records.RecordsError as err:
-        raise ConfigError(str(err)) from None
+    report = scan(paths)
+    log.info("%s: %s", what, report.summary())
+    records.check(report, cfg.max_skipped_fraction, what)
     staged.undecodable |= report.undecodable()
     return "GZIP" if report.compressed else ""
 
@@ -92,10 +89,7 @@ def stage_resume(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo,
                  scratch: Path) -> tuple[int, str] | None:
     """The run's own newest complete checkpoint as ``(step, local prefix)``, if any
     (``LATEST`` repaired by the chief)."""
-    try:
-        resume = checkpoints.stage_resume(storage, cfg.run_dir, scratch / "resume")
-    except checkpoints.CheckpointError as err:
-        raise ConfigError(str(err)) from None
+    resume = checkpoints.stage_resume(storage, cfg.run_dir, scratch / "resume")
     if resume is not None and cluster.is_chief:
         checkpoints.repair_pointer(storage, cfg.run_dir, resume[0])
     return resume

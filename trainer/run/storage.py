@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer.errors import TrainerError
+
 GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-class StorageError(Exception):
+class StorageError(TrainerError):
     """A missing object or an unusable URI; the trainer reports it as a user error."""
 
 

@@ -31,8 +31,6 @@ from trainer.text import first_line
 
 log = logging.getLogger("trainer")
 
-# Errors of a collective op when a peer goes away: this worker is healthy (exit 43).
-PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "CancelledError", "AbortedError")
 
 
 class Job(Protocol):
@@ -77,8 +75,14 @@ def make_job(cfg: TrainConfig, labels: dict[int, str] | None, num_classes: int |
     return DetectionJob(cfg, labels, num_classes)
 
 
-def _is_peer_loss(err: BaseException) -> bool:
-    return type(err).__name__ in PEER_ERRORS or "ollective" in str(err)[:2000]
+def _is_peer_loss(err: Any) -> bool:
+    """Whether an op failed because a peer went away (this worker is healthy: exit 43): the
+    errors a collective raises then, or any op error that names a collective."""
+    import tensorflow as tf
+
+    peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                   tf.errors.CancelledError, tf.errors.AbortedError)
+    return isinstance(err, peer_errors) or "collective" in str(err)[:2000].lower()
 
 
 @dataclass

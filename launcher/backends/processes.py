@@ -294,9 +294,10 @@ class LocalRunner:
 
 
 def run_local(job: dict[str, Any], retries: int, grace: float = 30.0,
-              out: TextIO = sys.stdout) -> int:
-    """Run ``job`` locally; Ctrl-C (SIGINT) and SIGTERM stop every worker and exit 130/143."""
-    runner = LocalRunner(job, retries=retries, grace=grace, out=out)
+              out: TextIO = sys.stdout, on_start: Callable[[Group], None] | None = None) -> int:
+    """Run ``job`` locally; Ctrl-C (SIGINT) and SIGTERM stop every worker and exit 130/143.
+    ``on_start`` sees each attempt's group of workers once they are started."""
+    runner = LocalRunner(job, retries=retries, grace=grace, out=out, on_start=on_start)
 
     def interrupted(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(signum)

@@ -9,46 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from launcher.backends.base import JobStatus, WorkerState, steps_of
+from launcher.cluster.client import Kube, KubeError
 from launcher.errors import LauncherError
-from launcher.kube import Kube, KubeError
-from trainer import contract, fields
+from trainer import contract
 
 IMAGE_PULL = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName")
 GPU = "nvidia.com/gpu"
-
-
-@dataclass
-class WorkerState:
-    """One completion index: its newest pod and how often it was replaced."""
-
-    index: int
-    pod: str
-    phase: str
-    restarts: int
-    detail: str = ""
-
-
-@dataclass
-class JobStatus:
-    """What ``launcher status`` shows."""
-
-    name: str
-    namespace: str
-    phase: str
-    workers: int
-    succeeded: int
-    failed_indexes: str
-    indexes: list[WorkerState] = field(default_factory=list)
-    explanation: str = ""
-    step: int | None = None
-    steps: int | None = None
-    run_dir: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _true_conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -242,15 +211,13 @@ def status(kube: Kube, name: str, namespace: str,
                                    pod.get("status", {}).get("phase", "Unknown"), restarts,
                                    detail))
     run_dir = job["metadata"].get("annotations", {}).get(contract.RUN_DIR_ANNOTATION)
-    args = job["spec"]["template"]["spec"]["containers"][0].get("args", [])
-    steps_text = fields.value_in_args(args, "steps")
-    steps = int(steps_text) if steps_text and steps_text.isdigit() else None
     st = job.get("status", {})
     return JobStatus(
         name=name, namespace=namespace, phase=job_phase(job), workers=workers,
         succeeded=int(st.get("succeeded", 0)), failed_indexes=st.get("failedIndexes", ""),
         indexes=indexes, explanation=explain(job, pods, _events(kube, job)),
-        step=progress(run_dir) if progress and run_dir else None, steps=steps, run_dir=run_dir)
+        step=progress(run_dir) if progress and run_dir else None, steps=steps_of(job),
+        run_dir=run_dir)
 
 
 def owned_pods(pods: list[dict[str, Any]], job: dict[str, Any]) -> list[dict[str, Any]]:
