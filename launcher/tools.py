@@ -32,9 +32,13 @@ def checked(argv: Sequence[str], runner: Runner = run_tool) -> None:
         raise LauncherError(f"{' '.join(argv[:3])} ... failed with exit code {code}")
 
 
-def source_root() -> Path:
-    """The checkout this launcher runs from (images/ and manifests/ live there)."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "images" / "Dockerfile").is_file():
-        raise LauncherError("images/Dockerfile not found: run from a source checkout")
-    return root
+def source_root(cwd: Path | None = None) -> Path:
+    """The checkout to build from (images/ and trainer/ live there): the one this launcher runs
+    from (an editable install), else the current directory or the nearest one above it that
+    holds ``images/Dockerfile`` and ``trainer/`` (a ``pip install .`` from a checkout)."""
+    here = (cwd or Path.cwd()).resolve()
+    for root in (Path(__file__).resolve().parent.parent, here, *here.parents):
+        if (root / "images" / "Dockerfile").is_file() and (root / "trainer").is_dir():
+            return root
+    raise LauncherError(f"images/Dockerfile not found in {here} or above: run from a source "
+                        "checkout of this project")

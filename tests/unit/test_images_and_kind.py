@@ -38,7 +38,9 @@ def test_dockerfile_shape() -> None:
     text = (ROOT / "images" / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=tensorflow/tensorflow:2.20.0-gpu" in text
     # dependencies before code, so code changes reuse the dependency layer
-    assert text.index("requirements-trainer.txt") < text.index("COPY launcher")
+    assert text.index("requirements-trainer.txt") < text.index("COPY trainer")
+    # the trainer alone: a pod needs none of the launcher's dependencies
+    assert "COPY launcher" not in text and "pip install --no-deps /app" not in text
     assert "USER 10001:10001" in text and 'ENTRYPOINT ["python", "-m", "trainer"]' in text
     pins = (ROOT / "images" / "requirements-trainer.txt").read_text().splitlines()
     requirements = [line for line in pins if line and not line.startswith("#")]
@@ -50,6 +52,22 @@ def test_image_refs_match_the_profile_defaults() -> None:
     assert images.image_ref("gpu") == PROFILE_DEFAULTS["gke"]["image"]
     assert images.image_ref("cpu") == PROFILE_DEFAULTS["kind"]["image"]
     assert images.image_ref("cpu", "eu.gcr.io/p/", "v1") == "eu.gcr.io/p/tf-finetune-trainer:v1"
+
+
+def test_the_build_finds_a_checkout_from_its_directory(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """An install that is not editable (``pip install .``) finds the checkout it is run in."""
+    from launcher import tools
+
+    checkout = tmp_path / "checkout"
+    (checkout / "images").mkdir(parents=True)
+    (checkout / "images" / "Dockerfile").write_text("FROM scratch\n")
+    (checkout / "trainer").mkdir()
+    (checkout / "docs").mkdir()
+    monkeypatch.setattr(tools, "__file__", str(tmp_path / "site-packages" / "launcher" / "x.py"))
+    assert tools.source_root(checkout / "docs") == checkout
+    with pytest.raises(tools.LauncherError, match="images/Dockerfile not found in"):
+        tools.source_root(tmp_path)
 
 
 def test_build_commands() -> None:

@@ -252,3 +252,17 @@ def _module_prefix_exists(dotted: str) -> bool:
         source = Path(spec.origin).read_text(encoding="utf-8")
         return re.search(rf"\b{re.escape(parts[end])}\b", source) is not None
     return False
+
+
+def test_validate_reads_a_path_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """Such a path once rendered as a token of its own: the trainer's parser refused it in the
+    pod, and `validate` printed argparse's usage page."""
+    import yaml
+
+    raw = copy.deepcopy(BASE_SPEC)
+    raw["runDir"] = "-runs"
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(spec_file)])
+    assert "usage:" not in result.stderr and "invalid command-line" not in result.stderr
+    assert "--run-dir" not in result.stderr, result.stderr

@@ -9,6 +9,7 @@ simply not read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -137,19 +138,52 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
                                                  sync_bn))
 
 
+def _standard(task: Any) -> None:
+    """Model Garden's Faster R-CNN: a 256-filter FPN, its RPN, samplers and box head."""
+    from official.vision.configs import decoders
+
+    task.model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=256))
+    task.losses.l2_weight_decay = 4e-5
+
+
+def _tiny(task: Any) -> None:
+    """For CPU demos and tests: a 32-filter FPN on levels 3-5, anchors of 16 to 64 pixels, a
+    head of one 64-wide fully-connected layer, and samplers that fit the image, so every anchor
+    and every proposal is used: the RPN's 256 anchors per image cover all of a 64-pixel image's
+    252 anchors, and the RoI sampler's 24 RoIs are the 16 proposals and 8 ground-truth slots
+    (training keeps 8 boxes per image; the records scan counts the examples with more).
+    Sampling nothing out is also what lets N workers train exactly like one (the samplers draw
+    at random). Evaluation: 64 proposals, 100 boxes."""
+    from official.vision.configs import decoders
+
+    model = task.model
+    model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=32))
+    model.min_level, model.max_level = 3, 5
+    model.anchor.aspect_ratios = [0.5, 1.0, 2.0]
+    model.anchor.anchor_size = 2.0
+    model.rpn_head.num_filters = 32
+    model.detection_head.num_convs, model.detection_head.num_filters = 0, 32
+    model.detection_head.fc_dims = 64
+    model.roi_generator.pre_nms_top_k = model.roi_generator.test_pre_nms_top_k = 256
+    model.roi_generator.num_proposals = 16
+    model.roi_generator.test_num_proposals = 64
+    # Every proposal and ground-truth slot is a sampled RoI (the sampler cannot take more than
+    # its candidates), whatever the foreground share. Few of each, so that the foreground is
+    # not drowned (with 64 proposals the head learnt to say background).
+    task.train_data.parser.max_num_instances = 8
+    model.roi_sampler.num_sampled_rois = 16 + 8
+    model.roi_sampler.foreground_fraction = 1.0
+    task.losses.l2_weight_decay = 0.0
+
+
+# model.size -> what it changes in the task config (``trainer.detection.families.base.PRESETS``)
+PRESETS: dict[str, Callable[[Any], None]] = {"standard": _standard, "tiny": _tiny}
+
+
 def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
                 sync_bn: bool = False) -> Any:
-    """A Model Garden ``MaskRCNNTask`` config without masks for this run.
-
-    ``tiny`` (CPU tests, the demo): ResNet-18 or MobileNetV2 x0.35, a 32-filter FPN on levels
-    3-5, anchors of 16 to 64 pixels, a head of one 64-wide fully-connected layer, and samplers
-    that fit the image, so every anchor and every proposal is used: the RPN's 256 anchors per
-    image cover all of a 64-pixel image's 252 anchors, and the RoI sampler's 24 RoIs are the 16
-    proposals and 8 ground-truth slots (training keeps 8 boxes per image; the records scan
-    counts the examples with more). Sampling nothing out is also what lets N workers train
-    exactly like one (the samplers draw at random). Evaluation: 64 proposals, 100 boxes.
-    """
-    from official.vision.configs import decoders
+    """A Model Garden ``MaskRCNNTask`` config without masks for this run, at ``model.size``
+    (``PRESETS``)."""
     from official.vision.configs import maskrcnn as mcfg
 
     task = mcfg.MaskRCNNTask()
@@ -160,25 +194,7 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     model.input_size = [cfg.image_size, cfg.image_size, 3]
     model.norm_activation.use_sync_bn = sync_bn
     model.backbone = backbone_config(cfg)
-    tiny = cfg.model_size == "tiny"
-    model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=32 if tiny else 256))
-    if tiny:
-        model.min_level, model.max_level = 3, 5
-        model.anchor.aspect_ratios = [0.5, 1.0, 2.0]
-        model.anchor.anchor_size = 2.0
-        model.rpn_head.num_filters = 32
-        model.detection_head.num_convs, model.detection_head.num_filters = 0, 32
-        model.detection_head.fc_dims = 64
-        model.roi_generator.pre_nms_top_k = model.roi_generator.test_pre_nms_top_k = 256
-        model.roi_generator.num_proposals = 16
-        model.roi_generator.test_num_proposals = 64
-        # Every proposal and ground-truth slot is a sampled RoI (the sampler cannot take more
-        # than its candidates), whatever the foreground share. Few of each, so that the
-        # foreground is not drowned (with 64 proposals the head learnt to say background).
-        task.train_data.parser.max_num_instances = 8
-        model.roi_sampler.num_sampled_rois = 16 + 8
-        model.roi_sampler.foreground_fraction = 1.0
-    task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
+    PRESETS[cfg.model_size](task)
     configure_train_data(task.train_data, cfg, train_glob, local_files)
     task.train_data.parser.aug_rand_hflip = cfg.horizontal_flip and not cfg.deterministic_input
     return task

@@ -4,6 +4,7 @@ global batch so that N workers with global batch B train exactly like one worker
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
@@ -145,10 +146,34 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
                                     seed=cfg.seed)
 
 
+def _standard(task: Any) -> None:
+    """Model Garden's RetinaNet: a 256-filter FPN on levels 3-7, its head and anchors."""
+    from official.vision.configs import decoders
+
+    task.model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=256))
+    task.losses.l2_weight_decay = 4e-5
+
+
+def _tiny(task: Any) -> None:
+    """For CPU demos and tests: a 32-filter FPN on levels 3-5, one 32-wide head conv, one
+    anchor per location, no weight decay."""
+    from official.vision.configs import decoders
+
+    model = task.model
+    model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=32))
+    model.min_level, model.max_level = 3, 5
+    model.head.num_convs, model.head.num_filters = 1, 32
+    model.anchor.num_scales, model.anchor.aspect_ratios = 1, [1.0]
+    task.losses.l2_weight_decay = 0.0
+
+
+# model.size -> what it changes in the task config (``trainer.detection.families.base.PRESETS``)
+PRESETS: dict[str, Callable[[Any], None]] = {"standard": _standard, "tiny": _tiny}
+
+
 def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
                 sync_bn: bool = False) -> Any:
     """A Model Garden ``RetinaNetTask`` config for this run."""
-    from official.vision.configs import decoders
     from official.vision.configs import retinanet as rcfg
 
     task = rcfg.RetinaNetTask()
@@ -157,14 +182,8 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     model.input_size = [cfg.image_size, cfg.image_size, 3]
     # Per-replica batches are small in detection: batch norm statistics over the global batch.
     model.norm_activation.use_sync_bn = sync_bn
-    tiny = cfg.model_size == "tiny"
     model.backbone = backbone_config(cfg)
-    model.decoder = decoders.Decoder(type="fpn", fpn=decoders.FPN(num_filters=32 if tiny else 256))
-    if tiny:
-        model.min_level, model.max_level = 3, 5
-        model.head.num_convs, model.head.num_filters = 1, 32
-        model.anchor.num_scales, model.anchor.aspect_ratios = 1, [1.0]
-    task.losses.l2_weight_decay = 0.0 if tiny else 4e-5
+    PRESETS[cfg.model_size](task)
     # What a pipeline.config says (``trainer.pipeline.config``) wins over both.
     for path, value in cfg.model_garden.items():
         *parents, name = path.split(".")

@@ -9,7 +9,7 @@ divided by the replicas: already independent of how the global batch is split. (
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import tensorflow as tf
@@ -163,17 +163,39 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
     return GlobalBatchYoloTask(task_config(cfg, num_classes, train_glob, local_files, sync_bn))
 
 
-def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
-                sync_bn: bool = False) -> Any:
-    """Model Garden's ``yolo_darknet`` (YOLOv4) task config for this run, mosaic off.
+def _standard(task: Any, image_size: int) -> None:
+    """Model Garden's ``yolo_darknet``: YOLOv4, CSP-Darknet-53, its anchors."""
 
-    Class ids are used as they are (YOLO has no background class: id 0 is never labelled).
-    ``tiny``: YOLOv4-tiny (CSP-Darknet-tiny at a quarter of its width, levels 4-5) with its
-    anchors scaled to the image size.
-    """
-    from official.core import exp_factory
+
+def _tiny(task: Any, image_size: int) -> None:
+    """YOLOv4-tiny: CSP-Darknet-tiny at a quarter of its width, levels 4-5, its anchors scaled
+    to the image size."""
     from official.projects.yolo.configs import backbones, decoders
     from official.projects.yolo.configs import yolo as ycfg
+
+    model = task.model
+    model.backbone = backbones.Backbone(type="darknet", darknet=backbones.Darknet(
+        model_id="cspdarknettiny", width_scale=0.25, min_level=4, max_level=5))
+    model.decoder = decoders.Decoder(type="yolo_decoder", yolo_decoder=decoders.YoloDecoder(
+        version="v4", type="tiny"))
+    scale = image_size / 416  # YOLOv4-tiny's anchors are for 416 pixels
+    model.anchor_boxes = ycfg.AnchorBoxes(anchors_per_scale=3, boxes=[
+        ycfg.Box(box=[max(1, round(w * scale)), max(1, round(h * scale))])
+        for w, h in ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))])
+
+
+# model.size -> what it changes in the task config (``trainer.detection.families.base.PRESETS``)
+PRESETS: dict[str, Callable[[Any, int], None]] = {"standard": _standard, "tiny": _tiny}
+
+
+def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files: int = 1,
+                sync_bn: bool = False) -> Any:
+    """Model Garden's ``yolo_darknet`` (YOLOv4) task config for this run, mosaic off, at
+    ``model.size`` (``PRESETS``).
+
+    Class ids are used as they are (YOLO has no background class: id 0 is never labelled).
+    """
+    from official.core import exp_factory
 
     task = exp_factory.get_exp_config("yolo_darknet").task
     model = task.model
@@ -184,15 +206,7 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
     task.train_data.parser.mosaic.mosaic_frequency = 0.0
     for data in (task.train_data, task.validation_data):
         data.decoder.simple_decoder.coco91_to_80 = False
-    if cfg.model_size == "tiny":
-        model.backbone = backbones.Backbone(type="darknet", darknet=backbones.Darknet(
-            model_id="cspdarknettiny", width_scale=0.25, min_level=4, max_level=5))
-        model.decoder = decoders.Decoder(type="yolo_decoder", yolo_decoder=decoders.YoloDecoder(
-            version="v4", type="tiny"))
-        scale = cfg.image_size / 416  # YOLOv4-tiny's anchors are for 416 pixels
-        model.anchor_boxes = ycfg.AnchorBoxes(anchors_per_scale=3, boxes=[
-            ycfg.Box(box=[max(1, round(w * scale)), max(1, round(h * scale))])
-            for w, h in ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))])
+    PRESETS[cfg.model_size](task, cfg.image_size)
     configure_train_data(task.train_data, cfg, train_glob, local_files)
     parser = task.train_data.parser
     if cfg.deterministic_input:

@@ -1,0 +1,25 @@
+"""Every registered family brings every named preset (``model.size``), and its task config is
+built for each one without building a model."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.config import from_args
+from trainer.detection import families
+from trainer.detection.families.base import PRESETS
+from trainer.detection.families.common import BACKBONES
+
+
+@pytest.mark.parametrize("family", families.names())
+def test_each_family_has_every_preset(family: str) -> None:
+    found = families.get(family)
+    assert set(found.tasks().PRESETS) == set(found.presets) == set(PRESETS)
+    sizes = {}
+    for preset in found.presets:
+        cfg = from_args(["--run-dir=/r", "--train=/t", f"--family={family}",
+                         f"--model-size={preset}", "--image-size=64"], {})
+        sizes[preset] = found.task_config(cfg, 3).model.as_dict()
+        for backbone in found.backbones:
+            assert (backbone, preset) in BACKBONES
+    assert sizes["tiny"] != sizes["standard"]
