@@ -9,6 +9,7 @@ launcher imports it without TensorFlow.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -262,7 +263,9 @@ def _text(value: Any) -> str:
 
 
 def value_in_args(args: list[str], name: str) -> str | None:
-    """The (last) value of a field in rendered arguments, as text; None if absent."""
-    prefix = BY_NAME[name].flag + "="
-    found = [arg[len(prefix):] for arg in args if arg.startswith(prefix)]
+    """The (last) value of a field in rendered arguments, as text; None if absent. Jobs
+    rendered before ``--flag=value`` carry ``--flag value``: read too."""
+    flag = BY_NAME[name].flag
+    found = [arg[len(flag) + 1:] for arg in args if arg.startswith(flag + "=")]
+    found += [value for arg, value in itertools.pairwise(args) if arg == flag]
     return found[-1] if found else None

@@ -9,6 +9,7 @@ pipeline.config the spec does not read) and ``given`` (the names the user set), 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -102,15 +103,25 @@ def _family_fits(c: Context) -> None:
                         f"other fields, or drop {c.names.field('family')}")
 
 
-# Feature maps of a detector halve the image up to level 5 (32 pixels) in every family.
-IMAGE_STRIDE = 32
-
-
 def _image_size_fits(c: Context) -> None:
+    """The input size is a multiple of the family's coarsest feature stride (2**max_level, at
+    the preset's levels or a pipeline.config's)."""
+    from trainer.detection import families
+
     size = c.values.get("image_size")
-    if c.values.get("task") == "detection" and size is not None and size % IMAGE_STRIDE:
-        raise RuleError("image_size", f"{size} is not a multiple of {IMAGE_STRIDE}: try "
-                        f"{max(IMAGE_STRIDE, round(size / IMAGE_STRIDE) * IMAGE_STRIDE)}")
+    if c.values.get("task") != "detection" or size is None:
+        return
+    family = families.get(c.values.get("family") or BY_NAME["family"].default)
+    preset = c.values.get("model_size") or BY_NAME["model_size"].default
+    level = (c.values.get("model_garden") or {}).get("model.max_level")
+    stride = family.image_stride(preset, level)
+    if size % stride:
+        where = "the pipeline.config's max_level" if level is not None else \
+            f"the {preset} {family.name}'s coarsest feature level"
+        nearest = stride * max(1, math.floor(size / stride + 0.5))  # a tie: the larger
+        raise RuleError("image_size", f"{size} is not a multiple of {stride} (2^"
+                        f"{level if level is not None else family.max_levels[preset]}, "
+                        f"{where}): try {nearest}")
 
 
 def _warmup_fits(c: Context) -> None:

@@ -18,8 +18,13 @@ def test_each_family_has_every_preset(family: str) -> None:
     sizes = {}
     for preset in found.presets:
         cfg = from_args(["--run-dir=/r", "--train=/t", f"--family={family}",
-                         f"--model-size={preset}", "--image-size=64"], {})
-        sizes[preset] = found.task_config(cfg, 3).model.as_dict()
+                         f"--model-size={preset}", "--image-size=128"], {})
+        model = found.task_config(cfg, 3).model
+        sizes[preset] = model.as_dict()
+        # The image-size rule's level is the one the model is built with.
+        levels = model.max_level if hasattr(model, "max_level") else \
+            model.backbone.get().max_level
+        assert found.max_levels[preset] == levels, (family, preset)
         for backbone in found.backbones:
             assert (backbone, preset) in BACKBONES
     assert sizes["tiny"] != sizes["standard"]

@@ -42,7 +42,7 @@ def test_fpnlite_config_builds_that_network(tmp_path: Path) -> None:
     import tensorflow as tf
     import tf_keras
 
-    task = _task(fpnlite(share_tower=False), tmp_path, 320)
+    task = _task(fpnlite(share_tower=False), tmp_path, 384)
     model_config = task.task_config.model
     assert model_config.backbone.mobilenet.model_id == "MobileNetV2"
     assert (model_config.decoder.fpn.num_filters, model_config.decoder.fpn.use_separable_conv,
@@ -51,12 +51,12 @@ def test_fpnlite_config_builds_that_network(tmp_path: Path) -> None:
     assert (task.task_config.losses.focal_loss_gamma, task.task_config.losses.huber_loss_delta,
             task.task_config.losses.box_loss_weight) == (2.0, 1.0, 1.0)
     model = task.build_model()
-    outputs = model(tf.zeros([1, 320, 320, 3]), training=False)
+    outputs = model(tf.zeros([1, 384, 384, 3]), training=False)
     separable = [layer for layer in model.submodules
                  if isinstance(layer, tf_keras.layers.SeparableConv2D)]
     assert separable, "the FPN and head should use depthwise-separable convolutions"
     # 2 scales x 3 aspect ratios per location, 91 classes, at the first level (stride 8).
-    assert outputs["cls_outputs"]["3"].shape == (1, 40, 40, 6 * 91)
+    assert outputs["cls_outputs"]["3"].shape == (1, 48, 48, 6 * 91)
     # The config's batch norm in every part (override_base_feature_extractor_hyperparams),
     # ReLU6 in the FPN and head, and its L2 weight as Model Garden's regularisation losses.
     for part in (model.backbone, model.decoder, model.head):

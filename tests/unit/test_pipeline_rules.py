@@ -251,9 +251,21 @@ def test_retinanet_zoo_config_values_and_where_they_came_from(tmp_path) -> None:
 
 
 def test_mobilenet_fpnlite_maps_to_the_mobilenet_backbone(tmp_path) -> None:
-    cfg = _cfg(retinanet("ssd_mobilenet_v2_fpn_keras", size="320"), tmp_path, "--checkpoint",
+    cfg = _cfg(retinanet("ssd_mobilenet_v2_fpn_keras", size="384"), tmp_path, "--checkpoint",
                "/c", "--label-map", "/lm", "--train", "/t", "--eval", "/e")
-    assert (cfg.backbone, cfg.image_size) == ("mobilenetv2", 320)
+    assert (cfg.backbone, cfg.image_size) == ("mobilenetv2", 384)
+
+
+def test_an_image_size_the_feature_levels_do_not_divide_is_refused(tmp_path) -> None:
+    """At levels 3-7 Model Garden pads a 320-pixel image to 384, which the model refuses at
+    its first step: refused before, naming the size's field, the level and a size that fits."""
+    flags = ["--checkpoint", "/c", "--label-map", "/lm", "--train", "/t", "--eval", "/e"]
+    with pytest.raises(ConfigError, match=r"^pipeline.config model.ssd.image_resizer\S*: 320 is "
+                                          r"not a multiple of 128 \(2\^7, the pipeline.config's "
+                                          r"max_level\): try 384$"):
+        _cfg(retinanet("ssd_mobilenet_v2_fpn_keras", size="320"), tmp_path, *flags)
+    assert _cfg(retinanet("ssd_mobilenet_v2_fpn_keras", size="320"), tmp_path, *flags,
+                "--image-size", "384").image_size == 384
 
 
 @pytest.mark.parametrize(("text", "field", "supported"), [
@@ -356,9 +368,10 @@ FPNLITE_EXTRACTOR = """feature_extractor {
 
 
 def fpnlite(share_tower: bool = True) -> str:
-    """ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config: narrower, depthwise FPN and head,
+    """ssd_mobilenet_v2_fpnlite_320x320_coco17_tpu-8.config at 384 pixels (levels 3-7 need a
+    multiple of 128): narrower, depthwise FPN and head,
     one tower shared by the class and box predictors (``share_tower``)."""
-    text = retinanet("ssd_mobilenet_v2_fpn_keras", size="320")
+    text = retinanet("ssd_mobilenet_v2_fpn_keras", size="384")
     text = text.replace("""feature_extractor {
       type: 'ssd_mobilenet_v2_fpn_keras'
       fpn { min_level: 3 max_level: 7 }""", FPNLITE_EXTRACTOR)

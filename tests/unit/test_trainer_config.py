@@ -17,7 +17,7 @@ model {
   ssd {
     num_classes: 3
     freeze_batchnorm: true
-    image_resizer { fixed_shape_resizer { height: 320 width: 320 } }
+    image_resizer { fixed_shape_resizer { height: 384 width: 384 } }
     feature_extractor {
       type: 'ssd_mobilenet_v2_fpn_keras'
       depth_multiplier: 1.0,
@@ -74,7 +74,7 @@ def _reader(files: dict[str, str]):
 def test_pipeline_config_fields() -> None:
     config = parse(PIPELINE)
     assert config.num_classes == 3
-    assert config.image_size == 320
+    assert config.image_size == 384
     assert config.batch_size == 64 and config.num_steps == 25000
     assert config.fine_tune_checkpoint == "gs://models/ssd/checkpoint/ckpt-0"
     assert config.fine_tune_checkpoint_type == "detection"  # TF2 "fine_tune"
@@ -108,7 +108,7 @@ def test_flags_override_pipeline_config_over_defaults() -> None:
     cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--global-batch-size",
                      "32"], {}, read)
     assert cfg.global_batch_size == 32  # flag
-    assert cfg.steps == 25000 and cfg.image_size == 320  # pipeline.config
+    assert cfg.steps == 25000 and cfg.image_size == 384  # pipeline.config
     assert cfg.backbone == "mobilenetv2" and cfg.momentum == 0.9 and cfg.total_steps == 25000
     assert cfg.checkpoint_every == 100  # default
     assert cfg.train == ["gs://data/train-?????-of-00100.tfrecord", "gs://data/extra-*.tfrecord"]
@@ -127,7 +127,8 @@ def test_run_dir_from_environment_and_required_fields() -> None:
     with pytest.raises(ConfigError, match=r"--train \(data.train\): at least one"):
         from_args(["--run-dir", "/r"], {})
     with pytest.raises(ConfigError, match=r"--image-size \(model.imageSize\): 100 is not a "
-                                          "multiple of 32: try 96"):
+                                          r"multiple of 128 \(2\^7, the standard retinanet's "
+                                          r"coarsest feature level\): try 128"):
         from_args(["--run-dir", "/r", "--train", "/d/*", "--image-size", "100"], {})
 
 

@@ -266,3 +266,17 @@ def test_validate_reads_a_path_that_starts_with_a_dash(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["validate", str(spec_file)])
     assert "usage:" not in result.stderr and "invalid command-line" not in result.stderr
     assert "--run-dir" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("family", "size", "image", "fits"), [
+    ("retinanet", "standard", 320, 384), ("retinanet", "tiny", 80, 96),
+    ("faster_rcnn", "standard", 96, 128), ("yolo", "standard", 100, 96)])
+def test_each_family_refuses_sizes_its_levels_do_not_divide(family: str, size: str, image: int,
+                                                            fits: int) -> None:
+    raw = copy.deepcopy(BASE_SPEC)
+    raw["model"].update(family=family, size=size, imageSize=image)
+    with pytest.raises(SpecError, match=rf"is not a multiple of .*: try {fits}$") as err:
+        build_spec(raw)
+    assert err.value.field == "model.imageSize"
+    raw["model"]["imageSize"] = fits
+    assert build_spec(raw).model.image_size == fits

@@ -38,6 +38,14 @@ class Family:
     own_backbone: ClassVar[str] = ""
     # Whether an OD-API pipeline.config's ``ssd`` block describes this family.
     reads_pipeline_config: ClassVar[bool] = False
+    # The coarsest feature level of each preset: the input size must be a multiple of
+    # 2**level (Model Garden pads the image up to one, which the model then refuses).
+    max_levels: ClassVar[dict[str, int]] = {"standard": 5, "tiny": 5}
+
+    def image_stride(self, preset: str, max_level: int | None = None) -> int:
+        """What the input size must be a multiple of; ``max_level`` overrides the preset's
+        (a pipeline.config's FPN levels)."""
+        return 2 ** (max_level if max_level is not None else self.max_levels[preset])
 
     def tasks(self) -> ModuleType:
         """The module with this family's ``build_task`` and ``task_config`` (heavy imports)."""

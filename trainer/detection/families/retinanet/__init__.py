@@ -4,6 +4,7 @@ class/box head. What an OD-API pipeline.config's ``ssd`` block maps onto (``trai
 from __future__ import annotations
 
 from types import ModuleType
+from typing import ClassVar
 
 from trainer.detection.families.base import Family
 
@@ -14,6 +15,7 @@ class RetinaNet(Family):
     name = "retinanet"
     help = "Model Garden's RetinaNet (the default; what a pipeline.config's ssd block describes)"
     checkpoint_markers = ("head/_classifier/",)
+    max_levels: ClassVar[dict[str, int]] = {"standard": 7, "tiny": 5}
     log_names = ("total_loss", "cls_loss", "box_loss")
     reads_pipeline_config = True
 
