@@ -3,6 +3,7 @@ cross-field rules those schemas cannot express but the API server (or MWMS) enfo
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -124,10 +125,22 @@ def _uses_gpu(container: dict[str, Any]) -> bool:
     return any("nvidia.com/gpu" in resources.get(k, {}) for k in ("requests", "limits"))
 
 
+# The API server refuses to store an object larger than this (etcd's request limit).
+MAX_OBJECT_BYTES = 3 * 2**19  # 1.5 MiB
+
+
+def _check_size(obj: dict[str, Any]) -> None:
+    size = len(json.dumps(obj, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    if size > MAX_OBJECT_BYTES:
+        raise ManifestError(_ref(obj), f"is {size:,} bytes; the API server stores at most "
+                            "1.5 MiB per object (shorten env values, args or labels)")
+
+
 def cross_validate(objects: list[dict[str, Any]], profile: str = "generic") -> None:
     """Rules across fields and objects that the schemas miss."""
     services = {o["metadata"]["name"]: o for o in objects if o.get("kind") == "Service"}
     for obj in objects:
+        _check_size(obj)
         _check_labels(obj)
         if obj.get("kind") == "Job":
             _check_job(obj, services, profile)

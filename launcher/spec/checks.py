@@ -100,6 +100,8 @@ def _env_problem(env: dict[str, str], reserved: set[str]) -> str | None:
             return f"{shown(key)} is set by the launcher and cannot be overridden"
         if any("\ud800" <= c <= "\udfff" for c in value):
             return f"value of {shown(key)} is not valid Unicode text"
+        if "\x00" in value:  # no process environment can hold it
+            return f"value of {shown(key)} contains a NUL character"
     return None
 
 

@@ -91,6 +91,9 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 _MSGSPEC_ERROR = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
+MAX_MESSAGE = 160  # of a validation message, the value it echoes included
+
+
 def _spec_error(err: msgspec.ValidationError) -> SpecError:
     """Turn msgspec's message (``Expected `int`, got `str` - at `$.workers```) into a SpecError."""
     match = _MSGSPEC_ERROR.match(str(err))
@@ -105,6 +108,8 @@ def _spec_error(err: msgspec.ValidationError) -> SpecError:
     else:
         message = message.replace("`", "")
         message = message[0].lower() + message[1:]
+    if len(message) > MAX_MESSAGE:  # msgspec echoes a refused enum value whole
+        message = message[:MAX_MESSAGE - 3] + "..."
     return SpecError(path or "spec", message)
 
 

@@ -18,6 +18,9 @@ from trainer.text import shown
 
 MAX_NODES = 100_000  # nodes after alias expansion; a real spec has a few hundred
 MAX_DEPTH = 50
+# A real spec is a few KiB; composing a large one takes seconds per 100 KiB. Refused before
+# any parsing.
+MAX_BYTES = 256 * 1024
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -27,7 +30,9 @@ class YamlSyntaxError(SpecError):
 
 
 def decode(data: bytes, where: str) -> str:
-    """Text of a spec file: UTF-8 (BOM allowed) or UTF-16/32 with a BOM, as YAML allows."""
+    """Text of a spec file: UTF-8 (BOM allowed) or UTF-16/32 with a BOM, as YAML allows; at most
+    ``MAX_BYTES``."""
+    _fits(len(data), where)
     boms = [(b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
             (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"), (b"\xef\xbb\xbf", "utf-8-sig")]
     encoding = next((enc for bom, enc in boms if data.startswith(bom)), "utf-8")
@@ -40,7 +45,9 @@ def decode(data: bytes, where: str) -> str:
 
 def load(text: str, where: str) -> Any:
     """One YAML document as Python data; ``SpecError`` for invalid YAML, duplicate keys,
-    excessive nesting or alias expansion."""
+    excessive nesting or alias expansion, a value its explicit tag does not fit, or a text over
+    ``MAX_BYTES``."""
+    _fits(len(text.encode("utf-8", "surrogatepass")), where)
     loader = _Loader(text)
     try:
         try:
@@ -60,8 +67,34 @@ def load(text: str, where: str) -> Any:
         except yaml.YAMLError as err:
             problem = getattr(err, "problem", None) or "cannot be read"
             raise SpecError("spec", f"{where}: {problem}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            # An explicit tag the value does not fit (``!!int x``, ``!!timestamp x``): PyYAML's
+            # constructors raise plain Python errors. Say which value.
+            raise SpecError("spec", f"{where}: {_unreadable(node)}") from None
     finally:
         loader.dispose()
+
+
+def _fits(size: int, where: str) -> None:
+    if size > MAX_BYTES:
+        raise SpecError("spec", f"{where} is {size:,} bytes; a spec holds at most "
+                        f"{MAX_BYTES // 1024} KiB")
+
+
+def _unreadable(root: yaml.Node) -> str:
+    """Which tagged scalar cannot be read as its tag says (the first, in document order)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                _Loader("").construct_object(node, deep=True)
+            except Exception:
+                tag = node.tag.rsplit(":", 1)[-1]
+                return (f"{shown(node.value)} at line {node.start_mark.line + 1} is not a "
+                        f"valid !!{tag}")
+        stack.extend(reversed(_children(node)))
+    return "a value cannot be read as its YAML tag says"
 
 
 def _check(root: yaml.Node, where: str) -> None:
@@ -82,8 +115,8 @@ def _check(root: yaml.Node, where: str) -> None:
             if heights[key] > MAX_DEPTH:
                 raise SpecError("spec", f"{where} is nested more than {MAX_DEPTH} levels deep")
             if sizes[key] > MAX_NODES:
-                raise SpecError("spec", f"{where}: YAML aliases expand to more than "
-                                f"{MAX_NODES:,} values")
+                raise SpecError("spec", f"{where} holds more than {MAX_NODES:,} values "
+                                "(YAML aliases counted as expanded)")
             continue
         if key in sizes:
             continue

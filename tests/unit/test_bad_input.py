@@ -111,14 +111,52 @@ def test_an_alias_bomb_is_refused_before_anything_expands_it(tmp_path: Path) -> 
     bomb = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
     text = "l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + bomb + "profile: *l9\n"
     path = _spec_file(tmp_path, yaml.safe_dump(LOCAL) + text)
-    line = _refused(_run("validate", str(path)), "YAML aliases expand to more than")
+    line = _refused(_run("validate", str(path)), "holds more than 100,000 values (YAML aliases")
     assert len(line) < 200
 
 
 def test_error_lines_are_bounded(tmp_path: Path) -> None:
-    path = _spec_file(tmp_path, yaml.safe_dump({**LOCAL, "profile": ["x" * 10_000] * 1000}))
+    path = _spec_file(tmp_path, yaml.safe_dump({**LOCAL, "profile": ["x" * 1000] * 200}))
     line = _refused(_run("validate", str(path)), "profile: ")
     assert len(line) < 300
+    for enum in ("profile", "imagePullPolicy"):  # msgspec echoes the whole value
+        path = _spec_file(tmp_path, yaml.safe_dump({**LOCAL, enum: "y" * 5000}))
+        line = _refused(_run("validate", str(path)), f"{enum}: ")
+        assert len(line) < 300, line
+
+
+def test_a_spec_over_its_size_limit_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = _spec_file(tmp_path, yaml.safe_dump(LOCAL) + "env:\n" + "".join(
+        f"  V{i}: {'v' * 100}\n" for i in range(5000)))
+    line = _refused(_run("validate", str(path)), "bytes; a spec holds at most 256 KiB")
+    assert len(line) < 200
+    spec_file = _spec_file(tmp_path, yaml.safe_dump(LOCAL))
+    _refused(_run("validate", str(spec_file), "--set", "env.V=" + "v" * 300_000),
+             "--set env.V is 300,000 bytes")
+
+
+def test_what_the_api_server_or_a_process_would_refuse_is_refused_here() -> None:
+    """An env value with a NUL (no process environment holds one) and a Job over the API
+    server's 1.5 MiB object limit fail at submit; they are refused before."""
+    from launcher.api import build_objects
+    from launcher.errors import ManifestError, SpecError
+    from launcher.spec import build_spec
+
+    with pytest.raises(SpecError, match=r"^env: value of 'X' contains a NUL character$"):
+        build_spec({**copy.deepcopy(LOCAL), "env": {"X": "a\x00b"}})
+    big = build_spec({**copy.deepcopy(LOCAL), "env": {f"V{i}": "v" * 250_000 for i in range(7)}})
+    with pytest.raises(ManifestError, match=r"^Job/det: is 1,7\d\d,\d{3} bytes; the API server "
+                                            "stores at most 1.5 MiB per object"):
+        build_objects(big, schema=False)
+
+
+@pytest.mark.parametrize("value", ["!!int x", "!!float x", "!!bool x", "!!timestamp x",
+                                   '!!int ""'])
+def test_a_value_its_yaml_tag_does_not_fit_is_one_line(tmp_path: Path, value: str) -> None:
+    path = _spec_file(tmp_path, yaml.safe_dump(LOCAL) + f"namespace: {value}\n")
+    _refused(_run("validate", str(path)), "is not a valid !!")
+    spec_file = _spec_file(tmp_path, yaml.safe_dump(LOCAL))
+    _refused(_run("validate", str(spec_file), "--set", f"workers={value}"), "is not a valid !!")
 
 
 def test_duplicate_keys_are_refused(tmp_path: Path) -> None:
@@ -196,7 +234,8 @@ FIELDS = ["name", "namespace", "profile", "image", "imagePullPolicy", "workers",
           "auth.keySecret", "auth.gcpServiceAccount", "env", "command", "args", "nope.x"]
 
 _special = st.sampled_from(["\x1b[31m", "\n", "$(X)", "$$", "😀", "\u202e", ": ", "- ", "{",
-                           "'", '"', "*a", "&a", "\udc80", "\x85"])
+                           "'", '"', "*a", "&a", "\udc80", "\x85", "\x00", "!!int x",
+                           "!!float x", "!!bool x", "!!timestamp x", '!!int ""'])
 _text = (st.text(alphabet=st.characters(codec="utf-8"), max_size=20) | _special
          | st.builds(lambda a, b: a + b, _special, st.text(max_size=5)))
 _scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | _text
@@ -214,6 +253,10 @@ _sets = st.lists(st.tuples(st.sampled_from(FIELDS) | _text, _text), max_size=3)
 @example(changes=[("env", {"FOO": "😀"})], sets=[], form="yaml")
 @example(changes=[], sets=[("env.FOO", "😀")], form="yaml")
 @example(changes=[("profile", [["x" * 50] * 50] * 50)], sets=[], form="yaml")
+@example(changes=[("env", {"X": "a\x00b"})], sets=[], form="yaml")
+@example(changes=[], sets=[("workers", "!!int x"), ("name", "!!timestamp x")], form="yaml")
+@example(changes=[("imagePullPolicy", "y" * 5000)], sets=[], form="yaml")
+@example(changes=[], sets=[(f"env.V{i}", "v" * 250_000) for i in range(7)], form="yaml")
 def test_fuzz_spec_path_ends_in_output_or_one_error_line(
         tmp_path: Path, changes: list[tuple[str, Any]], sets: list[tuple[str, str]],
         form: str) -> None:
@@ -247,6 +290,6 @@ def test_fuzz_spec_path_ends_in_output_or_one_error_line(
         return
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert all(c.isprintable() for c in lines[0]) and len(lines[0]) <= 1010
+    assert all(c.isprintable() for c in lines[0]) and len(lines[0]) <= 400, lines[0]
     assert not out.exists(), "files were written although the spec was refused"
     assert set(string.whitespace) & set(lines[0]) <= {" "}

@@ -104,3 +104,24 @@ def test_a_keras_model_the_trainer_would_refuse_is_refused_by_validate(tmp_path:
         f.attrs["keras_version"] = "2.15.0"
     code, err = _validate_keras(tmp_path, tmp_path / "keras2.h5")
     assert code == 0, err
+
+
+@pytest.mark.parametrize(("label_map", "words"), [
+    (b"\x80\x81 not text", "not UTF-8 text (byte 0x80 at offset 0)"),
+    (None, "cannot be read (File name too long)")])
+def test_a_label_map_that_cannot_be_read_fails_validate(tmp_path: Path, label_map: bytes | None,
+                                                        words: str) -> None:
+    """Once a warning ("inputs not checked") and `ok`, although the trainer would refuse it."""
+    path = tmp_path / ("x" * 300 if label_map is None else "label_map.pbtxt")
+    if label_map is not None:
+        path.write_bytes(label_map)
+    (tmp_path / "train-0.tfrecord").write_bytes(b"")
+    raw = copy.deepcopy(BASE_SPEC)
+    raw.update(runDir=str(tmp_path / "runs"))
+    raw["model"] = {"checkpoint": str(tmp_path / "c"), "labelMap": str(path)}
+    raw["data"] = {"train": [str(tmp_path / "train-*.tfrecord")]}
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert words in result.stderr and result.stderr.count("\n") == 1, result.stderr

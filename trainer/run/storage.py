@@ -118,18 +118,27 @@ class Storage:
         return self.client.bucket(bucket).blob(name).exists(**self._calls)
 
     def read_text(self, uri: str) -> str:
-        """Contents of a small text object; ``StorageError`` if it is missing."""
-        try:
-            if not is_gcs(uri):
+        """Contents of a small UTF-8 text object; ``StorageError`` if it is missing, not text,
+        or (a local file) cannot be read."""
+        if not is_gcs(uri):
+            try:
                 return Path(uri).read_text(encoding="utf-8")
-            bucket, name = split_gcs(uri)
-            return self.client.bucket(bucket).blob(name).download_as_text(**self._calls)
-        except (FileNotFoundError, IsADirectoryError) as err:
-            raise StorageError(f"{uri}: not found") from err
-        except Exception as err:
-            if type(err).__name__ == "NotFound":
+            except (FileNotFoundError, IsADirectoryError) as err:
                 raise StorageError(f"{uri}: not found") from err
-            raise
+            except OSError as err:  # too long a name, no permission, ...
+                raise StorageError(f"{uri}: cannot be read ({err.strerror})") from None
+            except UnicodeDecodeError as err:
+                raise StorageError(f"{uri}: not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                                   f"at offset {err.start})") from None
+        from google.api_core.exceptions import NotFound
+
+        bucket, name = split_gcs(uri)
+        try:
+            return self.client.bucket(bucket).blob(name).download_as_text(**self._calls)
+        except NotFound as err:
+            raise StorageError(f"{uri}: not found") from err
+        except UnicodeDecodeError as err:
+            raise StorageError(f"{uri}: not UTF-8 text (offset {err.start})") from None
 
     def write_text(self, uri: str, text: str) -> None:
         """Write a small text object in one request (atomic on GCS and via rename locally)."""
