@@ -25,6 +25,7 @@ from trainer.run.storage import Storage
 BUCKET = "test-bucket"
 CLASSES = [1, 2, 3, 4]
 IMAGE = 64
+KERAS_SIZE = 32  # the keras task's pattern images
 TRAINER_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
                "GCE_METADATA_IP": "127.0.0.1:1", "PYTHONUNBUFFERED": "1"}
 
@@ -64,6 +65,35 @@ def dataset(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return {"train": f"gs://{BUCKET}/data/train-?????-of-00004.tfrecord",
             "eval": f"gs://{BUCKET}/data/val-*.tfrecord",
             "label_map": f"gs://{BUCKET}/data/label_map.pbtxt", "local": str(local)}
+
+
+@pytest.fixture(scope="session")
+def keras_data(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Pattern images (4 new classes) and a model pre-trained on 3 others, in 3 formats."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    import tf_keras
+
+    from trainer.keras import synthetic as sk
+
+    local = tmp_path_factory.mktemp("keras")
+    train = sk.write_dataset(local / "train", "train", sk.DEMO_FINETUNE, 4, 12, KERAS_SIZE, seed=2)
+    val = sk.write_dataset(local / "eval", "val", sk.DEMO_FINETUNE, 1, 16, KERAS_SIZE, seed=3)
+    (local / "label_map.pbtxt").write_text(sk.label_map_text(sk.DEMO_FINETUNE))
+    pre = sk.write_dataset(local / "pre", "pre", sk.DEMO_PRETRAIN, 2, 80, KERAS_SIZE, seed=1)
+    models = local / "models"
+    h5 = sk.pretrain(pre, models / "pretrained.h5", len(sk.DEMO_PRETRAIN), KERAS_SIZE, epochs=6)
+    model = tf_keras.models.load_model(str(h5))
+    model.save(str(models / "pretrained.keras"))
+    model.save(str(models / "pretrained_savedmodel"), save_format="tf")
+    root = f"gs://{BUCKET}/keras"
+    gcs.upload_many([(p, f"{root}/data/{p.name}") for p in [*train, *val]])
+    gcs.upload(local / "label_map.pbtxt", f"{root}/data/label_map.pbtxt")
+    gcs.upload(models / "pretrained.h5", f"{root}/models/pretrained.h5")
+    gcs.upload(models / "pretrained.keras", f"{root}/models/pretrained.keras")
+    gcs.upload_tree(models / "pretrained_savedmodel", f"{root}/models/pretrained_savedmodel")
+    return {"train": f"{root}/data/train-*.tfrecord", "eval": f"{root}/data/val-*.tfrecord",
+            "label_map": f"{root}/data/label_map.pbtxt", "models": f"{root}/models",
+            "local": local, "base": {w.name: w.numpy() for w in model.weights}}
 
 
 def trainer_env() -> dict[str, str]:

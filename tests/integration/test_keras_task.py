@@ -25,42 +25,16 @@ from tests.integration.conftest import (
     train_one_and_two_workers,
     trainer_env,
 )
+from tests.integration.conftest import (
+    KERAS_SIZE as SIZE,
+)
 from trainer import contract
 from trainer.run.checkpoints import latest_step
 from trainer.run.storage import Storage
 
 pytestmark = pytest.mark.integration
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-SIZE = 32
 FROZEN = ["conv1", "bn1", "conv2", "bn2"]  # with trainableLayers 2: features, classifier train
-
-
-@pytest.fixture(scope="session")
-def keras_data(gcs: Storage, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Pattern images (4 new classes) and a model pre-trained on 3 others, in 3 formats."""
-    import tf_keras
-
-    from trainer.keras import synthetic as sk
-
-    local = tmp_path_factory.mktemp("keras")
-    train = sk.write_dataset(local / "train", "train", sk.DEMO_FINETUNE, 4, 12, SIZE, seed=2)
-    val = sk.write_dataset(local / "eval", "val", sk.DEMO_FINETUNE, 1, 16, SIZE, seed=3)
-    (local / "label_map.pbtxt").write_text(sk.label_map_text(sk.DEMO_FINETUNE))
-    pre = sk.write_dataset(local / "pre", "pre", sk.DEMO_PRETRAIN, 2, 80, SIZE, seed=1)
-    models = local / "models"
-    h5 = sk.pretrain(pre, models / "pretrained.h5", len(sk.DEMO_PRETRAIN), SIZE, epochs=6)
-    model = tf_keras.models.load_model(str(h5))
-    model.save(str(models / "pretrained.keras"))
-    model.save(str(models / "pretrained_savedmodel"), save_format="tf")
-    root = f"gs://{BUCKET}/keras"
-    gcs.upload_many([(p, f"{root}/data/{p.name}") for p in [*train, *val]])
-    gcs.upload(local / "label_map.pbtxt", f"{root}/data/label_map.pbtxt")
-    gcs.upload(models / "pretrained.h5", f"{root}/models/pretrained.h5")
-    gcs.upload(models / "pretrained.keras", f"{root}/models/pretrained.keras")
-    gcs.upload_tree(models / "pretrained_savedmodel", f"{root}/models/pretrained_savedmodel")
-    return {"train": f"{root}/data/train-*.tfrecord", "eval": f"{root}/data/val-*.tfrecord",
-            "label_map": f"{root}/data/label_map.pbtxt", "models": f"{root}/models",
-            "local": local, "base": {w.name: w.numpy() for w in model.weights}}
 
 
 def _spec(path: Path, data: dict[str, Any], model: str, keras: dict[str, Any] | None = None,

@@ -26,7 +26,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo, make_strategy
 from trainer.run.staging import Staged, restore, stage_resume
-from trainer.run.storage import Storage, join
+from trainer.run.storage import Storage, StorageError, join
 from trainer.text import first_line
 
 log = logging.getLogger("trainer")
@@ -186,9 +186,18 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
     # start-up, and staging reads records and checkpoints with TensorFlow.
     strategy = make_strategy(cluster)
     resume = stage_resume(cfg, storage, cluster, scratch)
+    if resume is not None and resume[0] >= cfg.steps and _complete(cfg, storage, resume[0]):
+        # A restart of a finished run (a pod replaced after its work was done): nothing is
+        # left to do, and redoing eval and export would only cost time.
+        log.info("the run is complete: ckpt-%d, its eval metrics%s are in %s", resume[0],
+                 " and export" if cfg.export else "", cfg.run_dir)
+        return contract.EXIT_OK
     staged = job.stage(storage, cluster, scratch, resuming=resume is not None)
     if resume is not None:
         staged.resume_step, staged.resume_checkpoint = resume
+        if resume[0] > cfg.steps:
+            log.warning("the run directory's newest checkpoint is of step %d, past this run's "
+                        "%d steps: evaluating and exporting it as it is", resume[0], cfg.steps)
     if cluster.is_chief:
         _record_config(cfg, storage)
     run = build(cfg, cluster, job, storage, staged, scratch, strategy)
@@ -297,10 +306,25 @@ def _record_config(cfg: TrainConfig, storage: Storage) -> None:
                            storage.read_text(cfg.pipeline_config))
 
 
+def _complete(cfg: TrainConfig, storage: Storage, step: int) -> bool:
+    """Whether the run directory holds the end of a run at ``step``: its eval metrics (written
+    last, after the export) of that step, with the export when this run asks for one."""
+    try:
+        report = json.loads(storage.read_text(join(cfg.run_dir, contract.RUN_EVAL_METRICS)))
+    except (StorageError, ValueError):
+        return False
+    return isinstance(report, dict) and report.get("step") == step and (
+        not cfg.export or bool(report.get("export")))
+
+
 def finish(run: Run, staged: Staged) -> None:
-    """Chief only, after the last checkpoint is published: eval metrics, then the export."""
+    """Chief only, after the last checkpoint is published: eval metrics and the export of the
+    newest checkpoint (this process's last save, else the one the run resumed from: a restart
+    after the final checkpoint). The metrics file is written last: it marks the run done."""
     report: dict[str, Any] = {"step": run.step, "train": run.last_logs}
-    checkpoint = run.manager.latest_checkpoint
+    checkpoint = run.manager.latest_checkpoint or staged.resume_checkpoint
+    if checkpoint is None:
+        raise ConfigError(f"{run.cfg.run_dir}: no checkpoint to evaluate or export")
     if staged.eval_files:
         import tensorflow as tf
 
@@ -312,15 +336,16 @@ def finish(run: Run, staged: Staged) -> None:
         writer.close()
         log.info("eval at step %d: %s", run.step, " ".join(
             f"{name} {report['eval'].get(name, -1):.4f}" for name in run.job.eval_summary))
-    run.storage.write_text(join(run.cfg.run_dir, contract.RUN_EVAL_METRICS),
-                           json.dumps(report, indent=2) + "\n")
     # The train summaries went up with the last checkpoint; only the eval ones are new.
     run.storage.upload_tree(run.scratch / "summaries" / "eval",
                             join(run.cfg.run_dir, contract.RUN_SUMMARIES, "eval"))
     if run.cfg.export:
         local = run.job.export(staged, checkpoint, run.scratch / "export")
-        run.storage.upload_tree(local, join(run.cfg.run_dir, contract.RUN_EXPORT))
-        log.info("exported to %s", join(run.cfg.run_dir, contract.RUN_EXPORT))
+        report["export"] = join(run.cfg.run_dir, contract.RUN_EXPORT)
+        run.storage.upload_tree(local, report["export"])
+        log.info("exported to %s", report["export"])
+    run.storage.write_text(join(run.cfg.run_dir, contract.RUN_EVAL_METRICS),
+                           json.dumps(report, indent=2) + "\n")
 
 
 def _log_progress(run: Run, step: int, start_step: int, start: float,

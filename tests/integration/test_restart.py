@@ -1,0 +1,75 @@
+"""A restart at any point is safe: a finished run exits 0 at once, one whose eval or export is
+missing finishes them from the checkpoint it resumed from (once exit 1 with a traceback: on
+Kubernetes that fails the whole job after all its training was done)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.integration.conftest import IMAGE, trainer_env
+from trainer import contract
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "trainer", *args], env=trainer_env(),
+                          capture_output=True, text=True, timeout=600)
+
+
+def _ok(args: list[str]) -> str:
+    result = _run(args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / contract.RUN_EVAL_METRICS).read_text())
+
+
+def test_a_detection_run_restarted_after_its_end(dataset: dict[str, str],
+                                                 tmp_path: Path) -> None:
+    local = Path(dataset["local"])
+    run_dir = tmp_path / "run"
+    args = [f"--run-dir={run_dir}", f"--train={local}/train-*.tfrecord",
+            f"--eval={local}/eval/val-*.tfrecord", f"--label-map={local}/label_map.pbtxt",
+            "--model-size=tiny", f"--image-size={IMAGE}", "--steps=2", "--checkpoint-every=2",
+            "--global-batch-size=4"]
+    _ok(args)
+    done = _metrics(run_dir)
+    assert done["step"] == 2 and done["export"] and (run_dir / contract.RUN_EXPORT).is_dir()
+
+    # A finished run: at once, nothing redone; and with a damaged LATEST, or fewer steps.
+    for extra, damage in (([], None), ([], "garbage"), (["--steps=1"], None)):
+        if damage:
+            (run_dir / contract.RUN_CHECKPOINT_POINTER).write_text(damage)
+        out = _ok(args + extra)
+        assert "the run is complete: ckpt-2" in out and "eval at step" not in out, out[-3000:]
+        assert _metrics(run_dir) == done
+
+    # Killed during the final eval/export: the replacement finishes them, without training.
+    (run_dir / contract.RUN_EVAL_METRICS).unlink()
+    out = _ok(args)
+    assert "resumed from step 2" in out and "eval at step 2" in out, out[-3000:]
+    assert "step 1/2" not in out and "step 2/2" not in out
+    assert _metrics(run_dir)["step"] == 2 and _metrics(run_dir)["export"]
+
+
+def test_a_keras_run_restarted_after_its_end(keras_data: dict[str, Any],
+                                             tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["--task=keras", f"--run-dir={run_dir}",
+            f"--checkpoint={keras_data['models']}/pretrained.h5",
+            f"--train={keras_data['train']}", f"--eval={keras_data['eval']}",
+            f"--label-map={keras_data['label_map']}", "--global-batch-size=8", "--steps=2",
+            "--checkpoint-every=2", "--no-export"]
+    _ok(args)
+    done = _metrics(run_dir)
+    out = _ok(args)
+    assert "the run is complete: ckpt-2, its eval metrics are in" in out, out[-3000:]
+    assert _metrics(run_dir) == done
+    (run_dir / contract.RUN_EVAL_METRICS).unlink()
+    out = _ok(args)
+    assert "resumed from step 2" in out and _metrics(run_dir)["step"] == 2, out[-3000:]
