@@ -392,6 +392,8 @@ def status_cmd(name: JobName, namespace: Namespace = None, context: Context = No
     typer.echo(f"{'INDEX':<6}{'POD':<32}{'PHASE':<12}{'RESTARTS':<10}DETAIL")
     for w in st.indexes:
         typer.echo(f"{w.index:<6}{w.pod:<32}{w.phase:<12}{w.restarts:<10}{w.detail}")
+    if st.records:
+        typer.echo(f"records: {st.records}")
     if st.explanation:
         typer.echo(f"why: {st.explanation}")
 

@@ -48,6 +48,42 @@ def run_progress(run_dir: str) -> int | None:
         return None
 
 
+def records_summary(run_dir: str) -> str | None:
+    """What the workers' scans of the records found (``records/``), in one line: usable of
+    all, what was skipped for which reason, what was clipped; None when unknown here."""
+    try:
+        storage = _storage()
+        reports = {uri.rsplit("/", 1)[-1]: json.loads(storage.read_text(uri))
+                   for uri in storage.list_prefix(contract.run_path(run_dir,
+                                                                    contract.RUN_RECORDS))
+                   if uri.endswith(".json")}
+    except Exception:  # no trainer extra, no credentials, no network, a damaged file
+        return None
+    parts = []
+    for kind, prefix in (("train", "train-"), ("eval", "eval")):
+        found = [r for name, r in reports.items() if name.startswith(prefix)]
+        if found:
+            parts.append(f"{kind} {_counts(found)}")
+    return "; ".join(parts) or None
+
+
+def _counts(reports: list[dict[str, Any]]) -> str:
+    records = sum(r.get("records", 0) for r in reports)
+    usable = sum(r.get("usable", 0) for r in reports)
+    skipped: dict[str, int] = {}
+    for report in reports:
+        for reason, count in (report.get("skipped") or {}).items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    text = f"{usable:,} of {records:,} usable"
+    if skipped:
+        text += " (skipped: " + ", ".join(f"{count:,} {reason}" for reason, count in
+                                          sorted(skipped.items(), key=lambda kv: -kv[1])) + ")"
+    clipped = sum(r.get("clipped", 0) for r in reports)
+    if clipped:
+        text += f", {clipped:,} with boxes clipped"
+    return text
+
+
 def purge_plan(job: dict[str, Any]) -> Callable[[], str]:
     """Check that the Job's run directory can be purged; return the function that purges it.
 

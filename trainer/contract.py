@@ -46,6 +46,7 @@ RUN_CHECKPOINTS = "checkpoints"
 RUN_CHECKPOINT_POINTER = "checkpoints/LATEST"
 RUN_SUMMARIES = "summaries"
 RUN_EVAL_METRICS = "eval/metrics.json"
+RUN_RECORDS = "records"  # what each worker's scan found: train-worker-<index>.json, eval.json
 RUN_EXPORT = "export"
 
 KEY_SECRET_MOUNT = "/var/secrets/google"

@@ -38,6 +38,7 @@ class JobStatus:
     step: int | None = None
     steps: int | None = None
     run_dir: str | None = None
+    records: str | None = None  # what the workers' scans of the records found, one line
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,7 +10,7 @@ from launcher.cluster import apply, jobs, preflight
 from launcher.cluster.client import Kube, connect
 from launcher.errors import LauncherError
 from launcher.render import job_object
-from launcher.runs import purge_plan, record_run_dir, run_progress
+from launcher.runs import purge_plan, record_run_dir, records_summary, run_progress
 from trainer.text import first_line
 
 
@@ -54,7 +54,8 @@ class KubernetesBackend(Backend):
     def status(self, name: str, namespace: str | None = None) -> JobStatus:
         from launcher.cluster.status import status
 
-        return status(self.kube, name, self._namespace(namespace), run_progress)
+        return status(self.kube, name, self._namespace(namespace), run_progress,
+                      records_summary)
 
     def logs(self, name: str, namespace: str | None = None, index: int | None = None,
              tail: int | None = None) -> list[str]:

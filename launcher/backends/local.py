@@ -32,7 +32,7 @@ from launcher.backends.base import (
 )
 from launcher.errors import LauncherError, UsageError
 from launcher.render import job_object
-from launcher.runs import purge_plan, record_run_dir, run_progress
+from launcher.runs import purge_plan, record_run_dir, records_summary, run_progress
 
 RECORD = "job.json"
 LOG = "workers.log"
@@ -175,7 +175,7 @@ class LocalBackend(Backend):
             failed_indexes=",".join(i for i, c in codes.items() if c not in (0, None)),
             indexes=indexes, explanation=record.get("error", ""),
             step=run_progress(run_dir) if run_dir else None, steps=steps_of(job),
-            run_dir=run_dir)
+            run_dir=run_dir, records=records_summary(run_dir) if run_dir else None)
 
     def _lines(self, name: str, namespace: str | None) -> list[str]:
         self._record(name, namespace)  # not found: says so

@@ -189,7 +189,8 @@ def _events(kube: Kube, job: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def status(kube: Kube, name: str, namespace: str,
-           progress: Callable[[str], int | None] | None = None) -> JobStatus:
+           progress: Callable[[str], int | None] | None = None,
+           records: Callable[[str], str | None] | None = None) -> JobStatus:
     """Phase, per-index pods, restarts, failed indexes, explanation and training progress."""
     job = kube.get("Job", namespace, name)
     if job is None:
@@ -217,7 +218,7 @@ def status(kube: Kube, name: str, namespace: str,
         succeeded=int(st.get("succeeded", 0)), failed_indexes=st.get("failedIndexes", ""),
         indexes=indexes, explanation=explain(job, pods, _events(kube, job)),
         step=progress(run_dir) if progress and run_dir else None, steps=steps_of(job),
-        run_dir=run_dir)
+        run_dir=run_dir, records=records(run_dir) if records and run_dir else None)
 
 
 def owned_pods(pods: list[dict[str, Any]], job: dict[str, Any]) -> list[dict[str, Any]]:

@@ -48,6 +48,10 @@ CASES: dict[str, tuple[Any, ...]] = {
     "no boxes": (([], [], []), "no_boxes"),
     "xmin > xmax": (([(0.1, 0.6, 0.5, 0.2)], [1], None), "bad_box"),
     "box beyond the image": (([(0.1, 0.1, 0.5, 1.4)], [1], None), "bad_box"),
+    # as annotation tools write them: clipped to the image and counted
+    "box 3% outside": (([(-0.03, 0.1, 0.5, 1.03)], [1], None), None),
+    "box 6% outside": (([(0.1, 0.1, 0.5, 1.06)], [1], None), "bad_box"),
+    "box outside, empty once clipped": (([(0.1, 1.01, 0.5, 1.04)], [1], None), "bad_box"),
     "label 0 (background)": (([OK], [0], None), "bad_label"),
     "label above num_classes": (([OK], [7], None), "bad_label"),
     "3 boxes, 2 labels": (([OK, OK, OK], [1, 2], None), "mismatched"),
@@ -94,17 +98,30 @@ def test_each_fault_is_skipped_counted_and_skipped_alike_by_the_pipeline(
     expected = [reason for _, reason in CASES.values()]
     assert report.compressed is compress
     assert report.files[0].records == len(CASES)
-    assert report.usable == expected.count(None) == 3
+    assert report.usable == expected.count(None) == 4
     assert dict(report.files[0].skipped) == {r: expected.count(r) for r in expected if r}
+    assert report.files[0].clipped == 1
     # The damaged JPEG passes every check but decoding: the scan notes its fingerprint.
     assert len(report.undecodable()) == 1
-    assert _pipeline_count(path, "GZIP" if compress else "", report.undecodable()) == 3
+    assert _pipeline_count(path, "GZIP" if compress else "", report.undecodable()) == 4
     summary = report.summary()
-    assert summary.startswith(f"3 of {len(CASES)} examples usable in 1 file(s); ")
-    assert "2 skipped for a box outside [0, 1] or with min >= max (2 in mixed.tfrecord)" in summary
+    assert summary.startswith(f"4 of {len(CASES)} examples usable in 1 file(s); ")
+    assert ("4 skipped for a box more than 5% outside [0, 1] or with min >= max (4 in "
+            "mixed.tfrecord)") in summary
+    assert "1 with boxes up to 5% outside the image, clipped to it (1 in mixed.tfrecord)" in summary
+    assert report.to_dict()["clipped"] == 1 and report.to_dict()["files"][0]["skipped"] == \
+        dict(report.files[0].skipped)
     with pytest.raises(records.RecordsError, match=r"worker 0: 66.7% of the examples are "
                                                    r"unusable, more than --max-skipped-fraction"):
         records.check(report, 0.01, "worker 0")
+
+
+def test_a_box_a_little_outside_the_image_is_decoded_clipped_to_it() -> None:
+    from trainer.detection.data import OdApiDecoder
+
+    decoded = OdApiDecoder(NAMES).decode(_example([(-0.03, 0.1, 0.5, 1.03)], [1], None))
+    np.testing.assert_allclose(decoded["groundtruth_boxes"].numpy(), [[0.0, 0.1, 0.5, 1.0]],
+                               rtol=0, atol=1e-7)
 
 
 def test_box_less_images_do_not_count_against_the_threshold_but_none_usable_fails(

@@ -40,6 +40,10 @@ def test_a_detection_run_restarted_after_its_end(dataset: dict[str, str],
     _ok(args)
     done = _metrics(run_dir)
     assert done["step"] == 2 and done["export"] and (run_dir / contract.RUN_EXPORT).is_dir()
+    # What the scans found is in the run directory, file by file.
+    found = json.loads((run_dir / contract.RUN_RECORDS / "train-worker-0.json").read_text())
+    assert found["records"] == found["usable"] == 48 and len(found["files"]) == 4
+    assert (run_dir / contract.RUN_RECORDS / "eval.json").exists()
 
     # A finished run: at once, nothing redone; and with a damaged LATEST, or fewer steps.
     for extra, damage in (([], None), ([], "garbage"), (["--steps=1"], None)):

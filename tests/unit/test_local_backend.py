@@ -63,6 +63,22 @@ def test_a_local_run_is_seen_by_status_logs_list_and_delete(tmp_path: Path) -> N
     assert gone.exit_code == 1 and "local job default/det not found" in gone.stderr
 
 
+def test_status_says_what_the_records_held(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["run-local", str(_spec_file(tmp_path, "0,0"))]).exit_code == 0
+    records = tmp_path / "runs" / "default" / "det" / contract.RUN_RECORDS
+    records.mkdir()
+    for worker, skipped in ((0, {"bad_box": 2}), (1, {"bad_box": 1, "bad_image": 3})):
+        (records / f"train-worker-{worker}.json").write_text(json.dumps(
+            {"records": 100, "usable": 100 - sum(skipped.values()), "skipped": skipped,
+             "clipped": 4, "files": []}))
+    (records / "eval.json").write_text(json.dumps({"records": 20, "usable": 20, "skipped": {}}))
+    assert _json(["status", "det"])["records"] == (
+        "train 194 of 200 usable (skipped: 3 bad_box, 3 bad_image), 8 with boxes clipped; "
+        "eval 20 of 20 usable")
+    shown = runner.invoke(app, ["status", "det", "--local"]).stdout
+    assert "records: train 194 of 200 usable" in shown
+
+
 def test_a_failed_local_run_says_why_in_status(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run-local", str(_spec_file(tmp_path, "0,1"))])
     assert result.exit_code == 1

@@ -27,6 +27,11 @@ class OdApiDecoder(tf_example_decoder.TfExampleDecoder):
                     values=tf.constant(list(name_to_id.values()), dtype=tf.int64)),
                 default_value=-1)
 
+    def _decode_boxes(self, parsed_tensors: dict[str, tf.Tensor]) -> tf.Tensor:
+        # Boxes a little outside the image (``records.CLIP_TOLERANCE``; farther ones never get
+        # here) are clipped to it, as the OD API trains them.
+        return tf.clip_by_value(super()._decode_boxes(parsed_tensors), 0.0, 1.0)
+
     def _decode_classes(self, parsed_tensors: dict[str, tf.Tensor]) -> tf.Tensor:
         labels = parsed_tensors["image/object/class/label"]
         if self._table is None:
@@ -50,7 +55,7 @@ _RAW_FEATURES = {
 def usable(serialized: tf.Tensor, names: tf.Tensor, max_id: int) -> tf.Tensor:
     """Whether a serialized example is usable: the TensorFlow twin of
     ``trainer.detection.records.example_problem`` (same rules, same tolerance)."""
-    from trainer.detection.records import EPSILON
+    from trainer.detection.records import CLIP_TOLERANCE
 
     parsed = tf.io.parse_single_example(serialized, _RAW_FEATURES)
     xmin, xmax, ymin, ymax = (tf.sparse.to_dense(parsed[f"image/object/bbox/{k}"])
@@ -67,9 +72,14 @@ def usable(serialized: tf.Tensor, names: tf.Tensor, max_id: int) -> tf.Tensor:
                                           tf.size(ymax) == count, classes == count]))
 
     def boxes_ok() -> tf.Tensor:
-        lo, hi = -EPSILON, 1 + EPSILON
-        return tf.reduce_all((xmin >= lo) & (xmin < xmax) & (xmax <= hi)
-                             & (ymin >= lo) & (ymin < ymax) & (ymax <= hi))
+        lo, hi = -CLIP_TOLERANCE, 1 + CLIP_TOLERANCE
+        inside = tf.reduce_all([tf.reduce_all((v >= lo) & (v <= hi))
+                                for v in (xmin, xmax, ymin, ymax)])
+
+        def clip(v: tf.Tensor) -> tf.Tensor:
+            return tf.clip_by_value(v, 0.0, 1.0)
+
+        return inside & tf.reduce_all((clip(xmin) < clip(xmax)) & (clip(ymin) < clip(ymax)))
 
     def classes_ok() -> tf.Tensor:
         ids_ok = tf.reduce_all((labels >= 1) & (labels <= max_id))

@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainer.errors import TrainerError
 from trainer.text import first_line
 
 REASONS = {
     "no_boxes": "no boxes",
-    "bad_box": "a box outside [0, 1] or with min >= max",
+    "bad_box": "a box more than 5% outside [0, 1] or with min >= max",
     "mismatched": "box and class lists of different lengths",
     "bad_label": "a class id outside the label map's 1..max id",
     "unknown_text": "a class name missing from the label map",
@@ -35,8 +36,11 @@ REASONS = {
 }
 BOX_KEYS = ("image/object/bbox/xmin", "image/object/bbox/xmax", "image/object/bbox/ymin",
             "image/object/bbox/ymax")
-# Boxes a hair outside [0, 1] come from float rounding in conversion tools; the parser clips.
+# Boxes a hair outside [0, 1] come from float rounding in conversion tools: not even counted.
 EPSILON = 1e-3
+# Annotation tools write boxes a few percent outside the image (the OD API trains them): up to
+# this far out they are clipped to [0, 1] (by the input pipeline's decoder) and counted.
+CLIP_TOLERANCE = 0.05
 
 
 class RecordsError(TrainerError):
@@ -53,6 +57,12 @@ class FileReport:
     skipped: Counter[str] = field(default_factory=Counter)
     undecodable: list[int] = field(default_factory=list)  # fingerprints of damaged images
     crowded: int = 0  # usable examples with more boxes than the model takes (max_boxes)
+    clipped: int = 0  # usable examples with a box clipped to the image
+
+    def to_dict(self) -> dict[str, Any]:
+        """What the run directory records of the file (``records/``)."""
+        return {"file": Path(self.path).name, "records": self.records, "usable": self.usable,
+                "skipped": dict(self.skipped), "clipped": self.clipped, "crowded": self.crowded}
 
 
 @dataclass
@@ -81,6 +91,13 @@ class ScanReport:
             total.update(report.skipped)
         return total
 
+    def to_dict(self) -> dict[str, Any]:
+        """What the run directory records (``records/``): totals, then file by file."""
+        return {"records": self.records, "usable": self.usable,
+                "skipped": dict(self.skipped()), "clipped": sum(f.clipped for f in self.files),
+                "crowded": sum(f.crowded for f in self.files),
+                "files": [f.to_dict() for f in self.files]}
+
     def summary(self) -> str:
         """One line: usable of total, and each reason with its count and worst file."""
         skipped = self.skipped()
@@ -90,6 +107,11 @@ class ScanReport:
             worst = max(self.files, key=lambda f: f.skipped[reason])
             parts.append(f"{count} skipped for {REASONS[reason]} "
                          f"({worst.skipped[reason]} in {Path(worst.path).name})")
+        clipped = sum(f.clipped for f in self.files)
+        if clipped:
+            worst = max(self.files, key=lambda f: f.clipped)
+            parts.append(f"{clipped} with boxes up to {CLIP_TOLERANCE:.0%} outside the image, "
+                         f"clipped to it ({worst.clipped} in {Path(worst.path).name})")
         crowded = sum(f.crowded for f in self.files)
         if crowded:
             worst = max(self.files, key=lambda f: f.crowded)
@@ -120,6 +142,25 @@ def _box_count(example: object) -> int:
     return len(feature["image/object/bbox/xmin"].float_list.value)
 
 
+def _clip(value: float) -> float:
+    return min(max(value, 0.0), 1.0)
+
+
+def _box_ok(x0: float, x1: float, y0: float, y1: float) -> bool:
+    """Within the clip tolerance of the image, and not empty once clipped to it."""
+    lo, hi = -CLIP_TOLERANCE, 1 + CLIP_TOLERANCE
+    return all(lo <= v <= hi for v in (x0, x1, y0, y1)) and \
+        _clip(x0) < _clip(x1) and _clip(y0) < _clip(y1)
+
+
+def clipped(example: object) -> bool:
+    """Whether a usable example has a box that the decoder clips to the image (a coordinate
+    more than ``EPSILON`` outside [0, 1])."""
+    features = example.features.feature  # type: ignore[attr-defined]
+    values = [v for key in BOX_KEYS if key in features for v in features[key].float_list.value]
+    return any(v < -EPSILON or v > 1 + EPSILON for v in values)
+
+
 def example_problem(example: object, name_to_id: dict[str, int] | None,
                     max_id: int) -> str | None:
     """Why a ``tf.train.Example`` is unusable (a ``REASONS`` key), or None."""
@@ -143,10 +184,8 @@ def example_problem(example: object, name_to_id: dict[str, int] | None,
     classes = labels if labels else texts
     if any(len(b) != count for b in boxes) or len(classes) != count:
         return "mismatched"
-    xmin, xmax, ymin, ymax = boxes
-    for x0, x1, y0, y1 in zip(xmin, xmax, ymin, ymax, strict=True):
-        if not (-EPSILON <= x0 < x1 <= 1 + EPSILON and -EPSILON <= y0 < y1 <= 1 + EPSILON):
-            return "bad_box"
+    if not all(_box_ok(*box) for box in zip(*boxes, strict=True)):
+        return "bad_box"
     if labels:
         if any(not 1 <= label <= max_id for label in labels):
             return "bad_label"
@@ -186,6 +225,8 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
                     usable.add(index)
                     if max_boxes is not None and _box_count(example) > max_boxes:
                         file_report.crowded += 1
+                    if clipped(example):
+                        file_report.clipped += 1
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
                 gzip.BadGzipFile) as err:
             raise RecordsError(f"{path.name}: not a readable TFRecord file after "

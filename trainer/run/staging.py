@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainer import contract
 from trainer.config import ConfigError, TrainConfig
 from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo
-from trainer.run.storage import Storage, is_gcs
+from trainer.run.storage import Storage, is_gcs, join
 
 log = logging.getLogger("trainer")
 
@@ -65,21 +67,27 @@ def stage_records(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scra
                           "each worker needs at least one shard")
     staged = Staged(local(storage, files[cluster.index::workers], scratch / "train"))
     staged.compression = _checked(staged, staged.train_files, scan, cfg,
-                                  f"worker {cluster.index} --train")
+                                  f"worker {cluster.index} --train", storage,
+                                  f"train-worker-{cluster.index}.json")
     if cfg.eval and cluster.is_chief:
         staged.eval_files = local(storage, expand(storage, cfg.eval, "--eval"),
                                   scratch / "eval")
-        staged.eval_compression = _checked(staged, staged.eval_files, scan, cfg, "--eval")
+        staged.eval_compression = _checked(staged, staged.eval_files, scan, cfg, "--eval",
+                                           storage, "eval.json")
     return staged
 
 
 def _checked(staged: Staged, paths: list[Path], scan: Scan, cfg: TrainConfig,
-             what: str) -> str:
-    """Scan the records (damaged images noted in ``staged``); their compression."""
+             what: str, storage: Storage, record: str) -> str:
+    """Scan the records (damaged images noted in ``staged``), say what they hold in the log
+    and in the run directory (``records/<record>``, also when they are refused); their
+    compression."""
     from trainer.detection import records
 
     report = scan(paths)
     log.info("%s: %s", what, report.summary())
+    storage.write_text(join(cfg.run_dir, contract.RUN_RECORDS, record),
+                       json.dumps(report.to_dict(), indent=2) + "\n")
     records.check(report, cfg.max_skipped_fraction, what)
     staged.undecodable |= report.undecodable()
     return "GZIP" if report.compressed else ""
