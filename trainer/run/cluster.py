@@ -11,12 +11,28 @@ from dataclasses import dataclass
 
 from trainer import contract
 from trainer.errors import TrainerError
+from trainer.text import first_line
 
 log = logging.getLogger(__name__)
 
 
 class ClusterError(TrainerError):
     """TF_CONFIG is missing or wrong, or peers never became resolvable."""
+
+
+class PeerLostError(TrainerError):
+    """A peer went away before it said whether its inputs are usable: exit 43 (replace the
+    group, not counted: the peer's own exit is)."""
+
+    exit_code = contract.EXIT_PEER_LOST
+
+
+class PeerRefusedError(TrainerError):
+    """A peer refused its inputs: this worker ends with the peer's reason and exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -103,3 +119,47 @@ def make_strategy(info: ClusterInfo):  # -> tf.distribute.Strategy
             else tf.distribute.experimental.CommunicationImplementation.RING)
     options = tf.distribute.experimental.CommunicationOptions(implementation=impl)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+VERDICT_KEY = "launcher/inputs-verdict/{index}"
+# Staging large shards takes long on slow storage; a peer that dies is seen at once anyway
+# (the coordination service's heartbeats fail the wait).
+VERDICT_TIMEOUT_MS = 6 * 3600 * 1000
+
+
+def agree(info: ClusterInfo, failure: TrainerError | None) -> None:
+    """Before the first collective, every worker says whether its inputs are usable, and all
+    end alike: a worker that refused its data (a box-less or truncated shard, a missing file)
+    raises its own error, and every peer raises the same line and exit code, instead of dying
+    later in a collective with a traceback. A peer gone before it said: ``PeerLostError``."""
+    if not info.workers:
+        if failure is not None:
+            raise failure
+        return
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    mine = {"ok": failure is None, "code": getattr(failure, "exit_code", 0),
+            "message": str(failure) if failure is not None else ""}
+    ctx.set_config_key_value(VERDICT_KEY.format(index=info.index), json.dumps(mine))
+    verdicts = {}
+    for index in range(info.num_workers):
+        try:
+            verdicts[index] = json.loads(ctx.get_config_key_value(
+                VERDICT_KEY.format(index=index), VERDICT_TIMEOUT_MS))
+        except Exception as err:  # the service (the chief) or the peer is gone
+            raise PeerLostError(f"worker {index} went away before it reported its inputs: "
+                                f"{first_line(err, 200)}") from None
+    # Nobody leaves (the chief hosts the service) until every worker has read every verdict.
+    try:
+        ctx.wait_at_barrier("launcher-inputs-verdict", VERDICT_TIMEOUT_MS)
+    except Exception as err:
+        raise PeerLostError(f"a worker went away while the inputs were agreed on: "
+                            f"{first_line(err, 200)}") from None
+    if failure is not None:
+        raise failure
+    refused = next(((i, v) for i, v in sorted(verdicts.items()) if not v["ok"]), None)
+    if refused is not None:
+        index, verdict = refused
+        raise PeerRefusedError(f"worker {index} refused its inputs: {verdict['message']}",
+                               int(verdict["code"]))

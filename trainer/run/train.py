@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 from trainer import contract
 from trainer.config import ConfigError, TrainConfig
+from trainer.errors import TrainerError
 from trainer.run import checkpoints
-from trainer.run.cluster import ClusterInfo, make_strategy
+from trainer.run.cluster import ClusterInfo, agree, make_strategy
 from trainer.run.staging import Staged, restore, stage_resume
 from trainer.run.storage import Storage, StorageError, join
 from trainer.text import first_line
@@ -185,14 +186,22 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
     # Before any other TensorFlow op: MultiWorkerMirroredStrategy configures collectives at
     # start-up, and staging reads records and checkpoints with TensorFlow.
     strategy = make_strategy(cluster)
-    resume = stage_resume(cfg, storage, cluster, scratch)
-    if resume is not None and resume[0] >= cfg.steps and _complete(cfg, storage, resume[0]):
+    resume: tuple[int, str] | None = None
+    staged: Staged | None = None
+    failure: TrainerError | None = None
+    try:
+        resume = stage_resume(cfg, storage, cluster, scratch)
+        if not _finished(cfg, storage, resume):
+            staged = job.stage(storage, cluster, scratch, resuming=resume is not None)
+    except TrainerError as err:
+        failure = err
+    agree(cluster, failure)  # a refusal, this worker's or a peer's, ends every worker alike
+    if staged is None:
         # A restart of a finished run (a pod replaced after its work was done): nothing is
         # left to do, and redoing eval and export would only cost time.
-        log.info("the run is complete: ckpt-%d, its eval metrics%s are in %s", resume[0],
-                 " and export" if cfg.export else "", cfg.run_dir)
+        log.info("the run is complete: ckpt-%d, its eval metrics%s are in %s",
+                 resume[0] if resume else 0, " and export" if cfg.export else "", cfg.run_dir)
         return contract.EXIT_OK
-    staged = job.stage(storage, cluster, scratch, resuming=resume is not None)
     if resume is not None:
         staged.resume_step, staged.resume_checkpoint = resume
         if resume[0] > cfg.steps:
@@ -306,9 +315,13 @@ def _record_config(cfg: TrainConfig, storage: Storage) -> None:
                            storage.read_text(cfg.pipeline_config))
 
 
-def _complete(cfg: TrainConfig, storage: Storage, step: int) -> bool:
-    """Whether the run directory holds the end of a run at ``step``: its eval metrics (written
-    last, after the export) of that step, with the export when this run asks for one."""
+def _finished(cfg: TrainConfig, storage: Storage, resume: tuple[int, str] | None) -> bool:
+    """Whether the run directory holds the end of this run: a newest checkpoint of its final
+    step (or later) and its eval metrics (written last, after the export) of that step, with
+    the export when this run asks for one."""
+    if resume is None or resume[0] < cfg.steps:
+        return False
+    step = resume[0]
     try:
         report = json.loads(storage.read_text(join(cfg.run_dir, contract.RUN_EVAL_METRICS)))
     except (StorageError, ValueError):
