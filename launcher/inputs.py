@@ -89,6 +89,9 @@ def _keras_model_problem(storage: Any, uri: str) -> str | None:
         if "saved_model.pb" not in names:
             return (f"{uri}: neither a .h5 or .keras file nor a SavedModel directory "
                     "(no saved_model.pb)")
+        if "keras_metadata.pb" not in names:
+            return (f"{uri}: a SavedModel without Keras metadata (keras_metadata.pb): it holds "
+                    "no Keras model to fine-tune; save the model with tf-keras' model.save")
     if uri.startswith("gs://"):
         return None
     try:

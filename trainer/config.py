@@ -122,6 +122,13 @@ class _TrainerNames:
         return f"{BY_NAME[name].flag} {value}"
 
 
+def field_name(cfg: TrainConfig, name: str) -> str:
+    """How a message names where ``cfg``'s value of field ``name`` came from: the
+    pipeline.config field (``pipeline.config train_config.fine_tune_checkpoint``), else the
+    flag with its spec path."""
+    return _TrainerNames(cfg.sources).field(name)
+
+
 def _from_pipeline(pipeline: PipelineConfig | None) -> tuple[dict[str, Any], dict[str, str]]:
     """The pipeline.config's values under our names (only those it sets), and where each
     came from (``pipeline.config:<field path>``)."""

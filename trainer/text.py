@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import reprlib
 
 _REPR = reprlib.Repr()
@@ -24,6 +25,20 @@ def first_line(err: object, limit: int = 200) -> str:
     Library errors often carry pages of context; an error line needs its first sentence."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else ""
+
+
+_TF_INTERNALS = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\]")
+
+
+def tf_message(err: object, limit: int = 200) -> str:
+    """A TensorFlow error's own words: without its ``{{function_node ...}}`` prefix and
+    ``[Op:...]`` suffix, on one line, cut at a word boundary."""
+    text = _TF_INTERNALS.sub("", getattr(err, "message", None) or str(err)).strip()
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + " ..."
 
 
 def escape(text: str) -> str:

@@ -57,6 +57,7 @@ def test_each_fault_is_counted_and_skipped_alike(tmp_path: Path) -> None:
     assert report.usable == expected.count(None) == 3
     assert dict(report.files[0].skipped) == {r: expected.count(r) for r in expected if r}
     assert "skipped for a class outside the model's classes" in report.summary()
+    assert "ids seen -1, 7)" in report.summary()
     batches = list(build_dataset([path], classes, (16, 16, 3), "0-1", 8, training=False,
                                  undecodable=report.undecodable()))
     images, labels = batches[0]
@@ -79,3 +80,39 @@ def test_label_offset_and_input_range(tmp_path: Path) -> None:
                                              training=False)))
     assert labels.numpy().tolist() == [0, 1, 2]
     assert float(tf.reduce_min(images)) >= -1.0 and float(tf.reduce_min(images)) < 0.0
+
+
+def test_one_based_labels_are_refused_with_the_setting_that_reads_them(tmp_path: Path) -> None:
+    """Labels 1..N read with the default labelOffset 0: N is outside the classes. The refusal
+    says which labels are allowed, which were seen, and the setting."""
+    import tensorflow as tf
+
+    from trainer.detection import records
+    from trainer.keras.data import Classes, example_problem, labels_hint
+
+    path = tmp_path / "one-based.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for label in (1, 2, 3) * 4:
+            writer.write(_record(label, None))
+    classes = Classes(3, None)
+    report = labels_hint(records.scan([path], problem=lambda e: example_problem(e, classes)),
+                         classes)
+    with pytest.raises(records.RecordsError) as err:
+        records.check(report, 0.01, "worker 0")
+    assert "ids seen 3 where labels 0..2 are allowed" in str(err.value)
+    assert str(err.value).endswith("the labels look 1-based (1..3): set "
+                                   "model.keras.features.labelOffset: 1 (--label-offset=1)")
+
+
+def test_names_without_a_label_map_say_so(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from trainer.detection import records
+    from trainer.keras.data import Classes, example_problem
+
+    path = tmp_path / "names.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(_record(None, "ring"))
+    report = records.scan([path], problem=lambda e: example_problem(e, Classes(3, None)))
+    assert dict(report.files[0].skipped) == {"text_without_label_map": 1}
+    assert "a class name and no label map to read it (model.labelMap)" in report.summary()

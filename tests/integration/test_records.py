@@ -109,6 +109,10 @@ def test_each_fault_is_skipped_counted_and_skipped_alike_by_the_pipeline(
     assert ("4 skipped for a box more than 5% outside [0, 1] or with min >= max (4 in "
             "mixed.tfrecord)") in summary
     assert "1 with boxes up to 5% outside the image, clipped to it (1 in mixed.tfrecord)" in summary
+    assert ("2 skipped for a class id outside the label map's 1..max id (2 in mixed.tfrecord, "
+            "ids seen 0, 7 where 1..3 are allowed)") in summary
+    no_map = records.scan([path], None, max_id=3)
+    assert no_map.files[0].skipped["text_without_label_map"] == 2  # the names-only records
     assert report.to_dict()["clipped"] == 1 and report.to_dict()["files"][0]["skipped"] == \
         dict(report.files[0].skipped)
     with pytest.raises(records.RecordsError, match=r"worker 0: 66.7% of the examples are "
@@ -163,11 +167,14 @@ def test_text_only_records_without_a_label_map_end_in_one_line(tmp_path: Path) -
 
     path = _write(tmp_path / "texts.tfrecord", [_example([OK], None, ["red"])] * 4)
     report = records.scan([path], None, max_id=3)
-    assert report.usable == 0 and dict(report.files[0].skipped) == {"unknown_text": 4}
+    assert report.usable == 0
+    assert dict(report.files[0].skipped) == {"text_without_label_map": 4}
     with pytest.raises(records.RecordsError) as err:
         records.check(report, 0.5, "worker 0")
     line = str(err.value)
     assert "no usable example in texts.tfrecord: 0 of 4" in line and "\n" not in line
+    # (once "a class name missing from the label map", when there is none)
+    assert "4 skipped for a class name and no label map to read it (model.labelMap)" in line
     assert _pipeline_count(path, names=None) == 0
 
 

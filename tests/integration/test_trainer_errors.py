@@ -70,7 +70,8 @@ def test_checkpoint_of_another_architecture_with_full(gcs: Storage, dataset: dic
     result = _trainer("--run-dir", run_dir, "--train", dataset["train"], "--label-map",
                       dataset["label_map"], "--checkpoint", base_checkpoint,
                       "--fine-tune-type", "full", "--backbone", "resnet50")
-    _assert_user_error(result, f"--checkpoint (full) {base_checkpoint} does not fit this model",
+    _assert_user_error(result, f"--checkpoint (model.checkpoint) {base_checkpoint} (full) does "
+                       "not fit this model",
                        "when attempting to restore variable", "name ")
     assert latest_step(gcs, run_dir) is None
 

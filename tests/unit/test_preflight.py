@@ -96,6 +96,9 @@ def test_a_keras_model_the_trainer_would_refuse_is_refused_by_validate(tmp_path:
     (tmp_path / "exported" / "model.onnx").write_bytes(b"\x08")
     code, err = _validate_keras(tmp_path, tmp_path / "exported")
     assert code == 2 and "no saved_model.pb" in err
+    (tmp_path / "exported" / "saved_model.pb").write_bytes(b"\x08")  # tf.saved_model.save's
+    code, err = _validate_keras(tmp_path, tmp_path / "exported")
+    assert code == 2 and "a SavedModel without Keras metadata (keras_metadata.pb)" in err
     with h5py.File(tmp_path / "keras3.h5", "w") as f:
         f.attrs["keras_version"] = "3.4.1"
     code, err = _validate_keras(tmp_path, tmp_path / "keras3.h5")

@@ -193,3 +193,15 @@ def test_waiting_for_peers_is_bounded() -> None:
     with pytest.raises(ClusterError, match="did not resolve within"):
         wait_for_peers(ClusterInfo(["127.0.0.1:1", "no-such-peer.invalid:1"], 0),
                        timeout=0.2, interval=0.1)
+
+
+def test_a_value_from_the_pipeline_config_is_named_by_its_field_there() -> None:
+    """A restore mismatch once named --checkpoint for a path the config gave."""
+    from trainer.config import field_name
+
+    read = _reader({"p.config": PIPELINE})
+    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config"], {}, read)
+    assert field_name(cfg, "checkpoint") == "pipeline.config train_config.fine_tune_checkpoint"
+    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--checkpoint=/c"], {},
+                    read)
+    assert field_name(cfg, "checkpoint") == "--checkpoint (model.checkpoint)"

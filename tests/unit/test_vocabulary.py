@@ -280,3 +280,15 @@ def test_each_family_refuses_sizes_its_levels_do_not_divide(family: str, size: s
     assert err.value.field == "model.imageSize"
     raw["model"]["imageSize"] = fits
     assert build_spec(raw).model.image_size == fits
+
+
+def test_tensorflow_errors_lose_their_internals_in_a_message() -> None:
+    from trainer.text import tf_message
+
+    class OpError(Exception):
+        message = ("{{function_node __wrapped__IteratorGetNext_output_types_1_device_/job:"
+                   "localhost/replica:0/task:0/device:CPU:0}} corrupted record at 1234 "
+                   "[Op:IteratorGetNext] name: ")
+
+    assert tf_message(OpError()) == "corrupted record at 1234 name:"
+    assert tf_message(OpError(), limit=20) == "corrupted record at ..."

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, field_name
 from trainer.detection import families
 from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo
@@ -51,11 +51,11 @@ class DetectionJob:
                 staged.init_checkpoint = checkpoints.stage(storage, prefix, scratch / "init")
                 checkpoints.verify(staged.init_checkpoint)
             except (StorageError, checkpoints.CheckpointError) as err:
-                raise ConfigError(f"--checkpoint {self.cfg.checkpoint}: not a readable "
+                raise ConfigError(f"{self._checkpoint()}: not a readable "
                                   f"TensorFlow checkpoint ({err})") from None
             if checkpoints.is_od_api(staged.init_checkpoint):
                 raise ConfigError(
-                    f"--checkpoint {self.cfg.checkpoint}: a TF Object Detection API checkpoint "
+                    f"{self._checkpoint()}: a TF Object Detection API checkpoint "
                     "(variables under model/_feature_extractor, model/_box_predictor), which "
                     "Model Garden's models cannot restore; run the OD API's own trainer with "
                     "this launcher (command/args: docs/od-api.md)")
@@ -65,6 +65,10 @@ class DetectionJob:
             local_files=len(staged.train_files), sync_bn=True)
         return staged
 
+    def _checkpoint(self) -> str:
+        """The checkpoint as the user gave it: its URI and the field it came from."""
+        return f"{field_name(self.cfg, 'checkpoint')} {self.cfg.checkpoint}"
+
     def _check_family(self, checkpoint: str) -> None:
         """A checkpoint of another family (read from its heads) gives its backbone only."""
         family = families.of_checkpoint(checkpoints.variable_names(checkpoint))
@@ -72,7 +76,7 @@ class DetectionJob:
             return
         if self.cfg.fine_tune_type != "classification":
             raise ConfigError(
-                f"--checkpoint {self.cfg.checkpoint}: a {family} checkpoint, and fine-tune "
+                f"{self._checkpoint()}: a {family} checkpoint, and fine-tune "
                 f"type {self.cfg.fine_tune_type} restores parts only a {self.cfg.family} has: "
                 f"give a {self.cfg.family} checkpoint, or --fine-tune-type classification "
                 "(model.fineTuneType) to take its backbone alone")
@@ -101,7 +105,7 @@ class DetectionJob:
         assert staged.init_checkpoint is not None
         items = self.task.fine_tune_items(model, self.cfg.fine_tune_type)
         restore(tf.train.Checkpoint(**items), staged.init_checkpoint,
-                f"--checkpoint ({self.cfg.fine_tune_type}) {self.cfg.checkpoint}")
+                f"{self._checkpoint()} ({self.cfg.fine_tune_type})")
         return f"fine-tuning ({self.cfg.fine_tune_type}) from {self.cfg.checkpoint}"
 
     def dataset(self, staged: Staged, context: Any) -> Any:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import TrainerError
-from trainer.text import first_line
+from trainer.text import tf_message
 
 REASONS = {
     "no_boxes": "no boxes",
@@ -29,6 +29,7 @@ REASONS = {
     "mismatched": "box and class lists of different lengths",
     "bad_label": "a class id outside the label map's 1..max id",
     "unknown_text": "a class name missing from the label map",
+    "text_without_label_map": "a class name and no label map to read it (model.labelMap)",
     "bad_image": "an image that cannot be decoded",
     # image classification (trainer.keras.data)
     "no_class": "no class label or name",
@@ -58,11 +59,13 @@ class FileReport:
     undecodable: list[int] = field(default_factory=list)  # fingerprints of damaged images
     crowded: int = 0  # usable examples with more boxes than the model takes (max_boxes)
     clipped: int = 0  # usable examples with a box clipped to the image
+    refused_ids: Counter[int] = field(default_factory=Counter)  # of bad_label / bad_class
 
     def to_dict(self) -> dict[str, Any]:
         """What the run directory records of the file (``records/``)."""
         return {"file": Path(self.path).name, "records": self.records, "usable": self.usable,
-                "skipped": dict(self.skipped), "clipped": self.clipped, "crowded": self.crowded}
+                "skipped": dict(self.skipped), "clipped": self.clipped, "crowded": self.crowded,
+                "refused_ids": {str(k): v for k, v in sorted(self.refused_ids.items())}}
 
 
 @dataclass
@@ -72,6 +75,8 @@ class ScanReport:
     files: list[FileReport] = field(default_factory=list)
     compressed: bool = False
     max_boxes: int | None = None  # per example, as the input pipeline keeps them
+    allowed_ids: str = ""  # what a class id may be ("1..3"), for the refusals' words
+    hint: str = ""  # what the user may have meant (the caller's, from what was refused)
 
     @property
     def records(self) -> int:
@@ -91,6 +96,13 @@ class ScanReport:
             total.update(report.skipped)
         return total
 
+    def refused_ids(self) -> Counter[int]:
+        """The class ids of the examples skipped for them, over every file."""
+        total: Counter[int] = Counter()
+        for report in self.files:
+            total.update(report.refused_ids)
+        return total
+
     def to_dict(self) -> dict[str, Any]:
         """What the run directory records (``records/``): totals, then file by file."""
         return {"records": self.records, "usable": self.usable,
@@ -105,8 +117,14 @@ class ScanReport:
                  f"file(s)"]
         for reason, count in skipped.most_common():
             worst = max(self.files, key=lambda f: f.skipped[reason])
+            ids = ""
+            if reason in ("bad_label", "bad_class"):
+                seen = sorted(self.refused_ids())
+                ids = f", ids seen {', '.join(map(str, seen[:8]))}" + \
+                    (" ..." if len(seen) > 8 else "") + \
+                    (f" where {self.allowed_ids} are allowed" if self.allowed_ids else "")
             parts.append(f"{count} skipped for {REASONS[reason]} "
-                         f"({worst.skipped[reason]} in {Path(worst.path).name})")
+                         f"({worst.skipped[reason]} in {Path(worst.path).name}{ids})")
         clipped = sum(f.clipped for f in self.files)
         if clipped:
             worst = max(self.files, key=lambda f: f.clipped)
@@ -161,9 +179,14 @@ def clipped(example: object) -> bool:
     return any(v < -EPSILON or v > 1 + EPSILON for v in values)
 
 
+# Why an example is unusable: a ``REASONS`` key, with the refused class id for bad_label and
+# bad_class; None: usable.
+Problem = str | tuple[str, int] | None
+
+
 def example_problem(example: object, name_to_id: dict[str, int] | None,
-                    max_id: int) -> str | None:
-    """Why a ``tf.train.Example`` is unusable (a ``REASONS`` key), or None."""
+                    max_id: int) -> Problem:
+    """Why a ``tf.train.Example`` is unusable (``Problem``), or None."""
     features = example.features.feature  # type: ignore[attr-defined]
 
     def floats(key: str) -> list[float]:
@@ -187,15 +210,18 @@ def example_problem(example: object, name_to_id: dict[str, int] | None,
     if not all(_box_ok(*box) for box in zip(*boxes, strict=True)):
         return "bad_box"
     if labels:
-        if any(not 1 <= label <= max_id for label in labels):
-            return "bad_label"
-    elif name_to_id is None or any(t.decode(errors="replace") not in name_to_id for t in texts):
+        refused = [label for label in labels if not 1 <= label <= max_id]
+        if refused:
+            return "bad_label", refused[0]
+    elif name_to_id is None:
+        return "text_without_label_map"
+    elif any(t.decode(errors="replace") not in name_to_id for t in texts):
         return "unknown_text"
     return None
 
 
 def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: int = 0,
-         problem: Callable[[object], str | None] | None = None,
+         problem: Callable[[object], Problem] | None = None,
          image_key: str = "image/encoded", max_boxes: int | None = None) -> ScanReport:
     """Read every record of ``paths``; ``RecordsError`` naming a file that is not a TFRecord
     file (truncated, random bytes) or a compression mix. ``problem`` (a ``tf.train.Example``
@@ -206,10 +232,11 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
     from google.protobuf.message import DecodeError
 
     if problem is None:
-        def problem(example: object) -> str | None:
+        def problem(example: object) -> Problem:
             return example_problem(example, name_to_id, max_id)
     kind = compression(paths)
-    report = ScanReport(compressed=kind == "GZIP", max_boxes=max_boxes)
+    report = ScanReport(compressed=kind == "GZIP", max_boxes=max_boxes,
+                        allowed_ids=f"1..{max_id}" if max_id else "")
     for path in paths:
         file_report = FileReport(str(path))
         usable: set[int] = set()
@@ -218,9 +245,12 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
             for index, raw in enumerate(dataset.as_numpy_iterator()):
                 file_report.records += 1
                 example = tf.train.Example.FromString(raw)
-                reason = problem(example)
-                if reason:
-                    file_report.skipped[reason] += 1
+                found = problem(example)
+                if isinstance(found, tuple):
+                    found, refused_id = found
+                    file_report.refused_ids[refused_id] += 1
+                if found:
+                    file_report.skipped[found] += 1
                 else:
                     usable.add(index)
                     if max_boxes is not None and _box_count(example) > max_boxes:
@@ -230,7 +260,7 @@ def scan(paths: list[Path], name_to_id: dict[str, int] | None = None, max_id: in
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
                 gzip.BadGzipFile) as err:
             raise RecordsError(f"{path.name}: not a readable TFRecord file after "
-                               f"{file_report.records} records ({first_line(err, 160)})") from None
+                               f"{file_report.records} records ({tf_message(err)})") from None
         except DecodeError:  # a record that is not a tf.train.Example
             raise RecordsError(f"{path.name}: record {file_report.records} is not a "
                                "tf.train.Example") from None
@@ -286,9 +316,11 @@ def check(report: ScanReport, max_skipped_fraction: float, what: str) -> None:
     is faulty (box-less images are negatives a detector dataset may hold: skipped, not faults)."""
     if report.usable == 0:
         names = ", ".join(Path(f.path).name for f in report.files[:5])
-        raise RecordsError(f"{what}: no usable example in {names}: {report.summary()}")
+        raise RecordsError(f"{what}: no usable example in {names}: {report.summary()}"
+                           + (f"; {report.hint}" if report.hint else ""))
     skipped = report.records - report.usable - report.skipped()["no_boxes"]
     if report.records and skipped / report.records > max_skipped_fraction:
         raise RecordsError(f"{what}: {skipped / report.records:.1%} of the examples are "
                            f"unusable, more than --max-skipped-fraction "
-                           f"{max_skipped_fraction:g}: {report.summary()}")
+                           f"{max_skipped_fraction:g}: {report.summary()}"
+                           + (f"; {report.hint}" if report.hint else ""))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import TrainConfig
+from trainer.detection.records import Problem, ScanReport
 
 RANGES = {"0-1": (0.0, 1.0), "0-255": (0.0, 255.0), "-1-1": (-1.0, 1.0)}
 
@@ -37,7 +38,7 @@ class Classes:
                    cfg.label_offset)
 
 
-def example_problem(example: Any, classes: Classes) -> str | None:
+def example_problem(example: Any, classes: Classes) -> Problem:
     """Why a ``tf.train.Example`` is unusable (a ``trainer.detection.records.REASONS`` key), or
     None."""
     features = example.features.feature
@@ -52,13 +53,28 @@ def example_problem(example: Any, classes: Classes) -> str | None:
     if labels:
         index = labels[0] - classes.label_offset
     elif texts:
+        if not classes.name_to_id:
+            return "text_without_label_map"
         name = texts[0].decode(errors="replace")
-        if not classes.name_to_id or name not in classes.name_to_id:
+        if name not in classes.name_to_id:
             return "unknown_text"
         index = classes.name_to_id[name] - 1
     else:
         return "no_class"
-    return None if 0 <= index < classes.num_classes else "bad_class"
+    if 0 <= index < classes.num_classes:
+        return None
+    return ("bad_class", labels[0]) if labels else "bad_class"
+
+
+def labels_hint(report: ScanReport, classes: Classes) -> ScanReport:
+    """The scan's words for refused labels: which are allowed, and, when the records look
+    1-based (only label N refused, with offset 0), the setting that reads them."""
+    offset = classes.label_offset
+    report.allowed_ids = f"labels {offset}..{offset + classes.num_classes - 1}"
+    if offset == 0 and set(report.refused_ids()) == {classes.num_classes}:
+        report.hint = (f"the labels look 1-based (1..{classes.num_classes}): set "
+                       "model.keras.features.labelOffset: 1 (--label-offset=1)")
+    return report
 
 
 def _parse(serialized: Any, classes: Classes) -> tuple[Any, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from trainer.config import ConfigError, TrainConfig
 from trainer.keras import model as keras_model
-from trainer.keras.data import Classes, build_dataset, example_problem
+from trainer.keras.data import Classes, build_dataset, example_problem, labels_hint
 from trainer.run.cluster import ClusterInfo
 from trainer.run.staging import Staged, restore, stage_records
 from trainer.run.storage import Storage, StorageError, is_gcs
@@ -76,9 +76,9 @@ class KerasJob:
                  ", ".join(self.compiled.metrics) or "none")
         del probe
         classes = Classes.of(self.cfg, self.num_classes, self.name_to_id)
-        staged = stage_records(self.cfg, storage, cluster, scratch, lambda paths: records.scan(
-            paths, problem=lambda example: example_problem(example, classes),
-            image_key=self.cfg.image_key))
+        staged = stage_records(self.cfg, storage, cluster, scratch, lambda paths: labels_hint(
+            records.scan(paths, problem=lambda example: example_problem(example, classes),
+                         image_key=self.cfg.image_key), classes))
         staged.name_to_id = self.name_to_id
         staged.init_checkpoint = str(path)
         return staged

@@ -59,10 +59,6 @@ def load(path: Path, uri: str, objects: dict[str, Any], compile: bool = False) -
     import tf_keras
 
     kind = check_file(path, uri)
-    if kind == "savedmodel" and not (path / "keras_metadata.pb").is_file():
-        raise ConfigError(f"--checkpoint {uri}: a SavedModel without Keras metadata (written "
-                          "by tf.saved_model.save or Keras 3's model.export): it holds no Keras "
-                          "model to fine-tune; save the model with tf-keras' model.save")
     try:
         with tf_keras.utils.custom_object_scope(objects):
             model = tf_keras.models.load_model(str(path), custom_objects=objects,
@@ -88,9 +84,13 @@ def load(path: Path, uri: str, objects: dict[str, Any], compile: bool = False) -
 
 
 def check_file(path: Path, uri: str) -> str:
-    """The file's format (``model_format``), refusing one written by Keras 3; reads no more
-    than the file's metadata (no TensorFlow)."""
+    """The file's format (``model_format``), refusing one written by Keras 3 and a SavedModel
+    with no Keras model in it; reads no more than the file's metadata (no TensorFlow)."""
     kind = model_format(path, uri)
+    if kind == "savedmodel" and not (path / "keras_metadata.pb").is_file():
+        raise ConfigError(f"--checkpoint {uri}: a SavedModel without Keras metadata (written "
+                          "by tf.saved_model.save or Keras 3's model.export): it holds no Keras "
+                          "model to fine-tune; save the model with tf-keras' model.save")
     version = saved_by(path, kind)
     if version and version.split(".")[0] not in ("2", "1"):
         raise ConfigError(f"--checkpoint {uri}: saved by Keras {version}; the trainer "

@@ -28,7 +28,7 @@ from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo, agree, make_strategy
 from trainer.run.staging import Staged, restore, stage_resume
 from trainer.run.storage import Storage, StorageError, join
-from trainer.text import first_line
+from trainer.text import first_line, tf_message
 
 log = logging.getLogger("trainer")
 
@@ -245,10 +245,10 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
             run.publisher.close()
     except tf.errors.DataLossError as err:
         raise ConfigError(f"corrupt TFRecord in this worker's shards: "
-                          f"{first_line(err)}") from None
+                          f"{tf_message(err)}") from None
     except tf.errors.InvalidArgumentError as err:
         if "label map" in str(err):
-            raise ConfigError(first_line(err, 300)) from None
+            raise ConfigError(tf_message(err, 300)) from None
         raise
     except tf.errors.OpError as err:
         if _is_peer_loss(err):
