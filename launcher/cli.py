@@ -464,8 +464,14 @@ def image_build(
         "--registry", help="e.g. us-docker.pkg.dev/PROJECT/REPO")] = None,
     tag: Annotated[Optional[str], typer.Option("--tag", help="default: the kind")] = None,  # noqa: UP045
     push: Annotated[bool, typer.Option("--push", help="push after building")] = False,
+    network: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--network", help="the build's network: host on an engine without a bridge network "
+        "(pip needs a route)")] = None,
+    build_arg: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--build-arg", help="KEY=VALUE for docker build (repeatable); BASE_IMAGE overrides "
+        "the kind's base")] = None,
 ) -> None:
-    """docker build (and push) the trainer image; prints its reference.
+    """docker build (and push) the trainer image from this checkout; prints its reference.
 
     Without --registry/--tag the reference is the profiles' default image, so specs need no
     [bold]image:[/] field: gpu for gke/generic, cpu for kind.
@@ -474,8 +480,16 @@ def image_build(
 
     if kind not in images.BASE_IMAGES:
         raise LauncherError(f"--kind: {kind!r} is not gpu or cpu")
-    ref = images.build(kind, registry, tag, push)
-    typer.echo(ref)
+    args: dict[str, str] = {}
+    for item in build_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LauncherError(f"--build-arg: {item!r} is not KEY=VALUE")
+        args[key] = value
+    ref = images.image_ref(kind, registry, tag)
+    typer.echo(f"building {ref} from {images.base_image(kind, args)} "
+               f"({images.source_root() / 'images' / 'Dockerfile'})", err=True)
+    typer.echo(images.build(kind, registry, tag, push, network=network, build_args=args))
 
 
 @kind_app.command("up")

@@ -76,12 +76,37 @@ def test_build_commands() -> None:
     assert "BASE_IMAGE=python:3.11-slim-bookworm" in build
     assert build[-1] == str(ROOT)
     assert push == ["docker", "push", "r/tf-finetune-trainer:cpu"]
+    # An engine without a bridge network builds on the host's; build args pass through.
+    (build,) = images.build_commands("cpu", "x:cpu", push=False, network="host",
+                                     build_args={"BASE_IMAGE": "my/python:3.11", "PIP_X": "1"})
+    assert build[build.index("--network") + 1] == "host"
+    assert "BASE_IMAGE=my/python:3.11" in build and "PIP_X=1" in build
+    assert "BASE_IMAGE=python:3.11-slim-bookworm" not in build
+
+
+def test_image_build_says_its_base_and_passes_the_network(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from typer.testing import CliRunner
+
+    from launcher.cli import app
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(images, "run_tool", lambda argv: calls.append(list(argv)) or 0)
+    result = CliRunner().invoke(app, ["image", "build", "--kind", "cpu", "--network", "host",
+                                      "--build-arg", "PIP_INDEX_URL=http://127.0.0.1:1/"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == "tf-finetune-trainer:cpu"
+    assert "from python:3.11-slim-bookworm" in result.stderr
+    assert calls and "--network" in calls[0] and "PIP_INDEX_URL=http://127.0.0.1:1/" in calls[0]
+    bad = CliRunner().invoke(app, ["image", "build", "--build-arg", "NOVALUE"])
+    assert bad.exit_code == 1 and "--build-arg: 'NOVALUE' is not KEY=VALUE" in bad.stderr
 
 
 @pytest.mark.skipif(not _docker_engine(),
                     reason="no Docker engine here (docker info fails): images cannot be built")
 def test_cpu_image_builds() -> None:
-    ref = images.build("cpu", tag="test")
+    ref = images.build("cpu", tag="test", network="host")
     result = subprocess.run(["docker", "run", "--rm", ref, "--help"], capture_output=True,
                             text=True)
     assert "--run-dir" in result.stdout
