@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check launcher trainer tests bench
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=10
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check launcher trainer tests bench
