@@ -160,14 +160,14 @@ class Storage:
                 raise StorageError(f"{uri}: not found")
             shutil.copyfile(uri, dest)
             return dest
+        from google.api_core.exceptions import NotFound
+
         bucket, name = split_gcs(uri)
         try:
             self.client.bucket(bucket).blob(name).download_to_filename(str(dest), **self._calls)
-        except Exception as err:
-            if type(err).__name__ == "NotFound":
-                dest.unlink(missing_ok=True)
-                raise StorageError(f"{uri}: not found") from err
-            raise
+        except NotFound as err:
+            dest.unlink(missing_ok=True)
+            raise StorageError(f"{uri}: not found") from err
         return dest
 
     def download_many(self, uris: list[str], dest_dir: Path) -> list[Path]:
