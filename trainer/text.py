@@ -27,12 +27,12 @@ def first_line(err: object, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else ""
 
 
-_TF_INTERNALS = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\]")
+_TF_INTERNALS = re.compile(r"\{\{[^}]*\}\}\s*|\s*\[Op:[^\]]*\](\s*name:\s*\S*\s*$)?")
 
 
 def tf_message(err: object, limit: int = 200) -> str:
     """A TensorFlow error's own words: without its ``{{function_node ...}}`` prefix and
-    ``[Op:...]`` suffix, on one line, cut at a word boundary."""
+    ``[Op:...] name: ...`` suffix, on one line, cut at a word boundary."""
     text = _TF_INTERNALS.sub("", getattr(err, "message", None) or str(err)).strip()
     text = " ".join(text.split())
     if len(text) <= limit:

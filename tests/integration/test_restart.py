@@ -5,13 +5,24 @@ Kubernetes that fails the whole job after all its training was done)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import IMAGE, trainer_env
+from tests.integration.conftest import (
+    BUCKET,
+    IMAGE,
+    finish,
+    follow,
+    start_launcher,
+    trainer_env,
+    write_spec,
+)
 from trainer import contract
+from trainer.run.storage import Storage
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -77,3 +88,27 @@ def test_a_keras_run_restarted_after_its_end(keras_data: dict[str, Any],
     (run_dir / contract.RUN_EVAL_METRICS).unlink()
     out = _ok(args)
     assert "resumed from step 2" in out and _metrics(run_dir)["step"] == 2, out[-3000:]
+
+
+def test_a_chief_killed_while_it_finishes_is_replaced_and_finishes(
+        gcs: Storage, dataset: dict[str, str], base_checkpoint: str, tmp_path: Path) -> None:
+    """SIGKILL to the chief once the last checkpoint is published, during eval and export (an
+    eviction, an OOM kill): run-local restarts the group, as the Job's policy would, and the
+    replacement evaluates and exports without training again."""
+    spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
+                      data={"train": [dataset["train"]], "eval": [dataset["eval"]]},
+                      training={"export": True})
+    proc = start_launcher("run-local", str(spec))
+    seen: list[str] = []
+    pid = int(follow(proc, r"\[0\] started \(pid (\d+)\)", seen)[1])
+    follow(proc, r"\[0\] .*finishing step 8: eval and export", seen)
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(proc, seen)
+    assert code == 0, out[-4000:] + err
+    assert "[0] exited with code 137" in out
+    after = out[out.index("[launcher] attempt 1 ended"):]
+    assert "resumed from step 8" in after and "eval at step 8" in after, after[-4000:]
+    assert "step 1/8" not in after and "step 8/8" not in after
+    run_dir = f"gs://{BUCKET}/runs-{tmp_path.name}/default/ft"
+    metrics = json.loads(gcs.read_text(f"{run_dir}/{contract.RUN_EVAL_METRICS}"))
+    assert metrics["step"] == 8 and metrics["export"] == f"{run_dir}/{contract.RUN_EXPORT}"

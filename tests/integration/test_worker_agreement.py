@@ -19,7 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def _shards(tmp_path: Path, damage: str) -> Path:
-    """Two shards: worker 0's usable, worker 1's box-less or truncated; and a label map."""
+    """Two shards: worker 0's usable, worker 1's box-less, truncated or missing; and a label
+    map."""
     import tensorflow as tf
 
     from trainer.detection import synthetic
@@ -27,7 +28,10 @@ def _shards(tmp_path: Path, damage: str) -> Path:
     data = tmp_path / "data"
     _, bad = synthetic.write_dataset(data, "train", shards=2, per_shard=6, size=IMAGE,
                                         classes=CLASSES, seed=1)
-    if damage == "box-less shard":
+    if damage == "missing shard":  # the glob still matches it: a dangling link
+        bad.unlink()
+        bad.symlink_to(data / "gone.tfrecord")
+    elif damage == "box-less shard":
         pixels = np.zeros((IMAGE, IMAGE, 3), np.uint8)
         with tf.io.TFRecordWriter(str(bad)) as writer:
             for i in range(6):
@@ -40,7 +44,9 @@ def _shards(tmp_path: Path, damage: str) -> Path:
 
 @pytest.mark.parametrize(("damage", "reason"), [
     ("box-less shard", "worker 1 --train: no usable example in train-00001-of-00002.tfrecord"),
-    ("truncated shard", "train-00001-of-00002.tfrecord: not a readable TFRecord file")])
+    ("truncated shard", "train-00001-of-00002.tfrecord: not a readable TFRecord file"),
+    ("missing shard", "train-00001-of-00002.tfrecord: matched by the glob but not a readable "
+                      "file")])
 def test_one_workers_refusal_ends_both_alike(tmp_path: Path, damage: str, reason: str) -> None:
     from launcher.backends.processes import free_ports
     from trainer.contract import tf_config

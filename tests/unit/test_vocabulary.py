@@ -290,5 +290,5 @@ def test_tensorflow_errors_lose_their_internals_in_a_message() -> None:
                    "localhost/replica:0/task:0/device:CPU:0}} corrupted record at 1234 "
                    "[Op:IteratorGetNext] name: ")
 
-    assert tf_message(OpError()) == "corrupted record at 1234 name:"
+    assert tf_message(OpError()) == "corrupted record at 1234"
     assert tf_message(OpError(), limit=20) == "corrupted record at ..."

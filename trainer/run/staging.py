@@ -14,7 +14,7 @@ from trainer import contract
 from trainer.config import ConfigError, TrainConfig
 from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo
-from trainer.run.storage import Storage, is_gcs, join
+from trainer.run.storage import Storage, StorageError, is_gcs, join
 
 log = logging.getLogger("trainer")
 
@@ -29,6 +29,8 @@ class Staged:
     eval_compression: str = ""
     undecodable: set[int] = field(default_factory=set)  # fingerprints of records to skip
     name_to_id: dict[str, int] | None = None
+    # what each scan found, by its file name under the run directory's records/
+    reports: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None  # local path of what the run fine-tunes from
     resume_checkpoint: str | None = None  # local prefix of the run's own newest checkpoint
     resume_step: int = 0
@@ -46,8 +48,13 @@ def expand(storage: Storage, patterns: list[str], flag: str) -> list[str]:
 
 
 def local(storage: Storage, uris: list[str], dest: Path) -> list[Path]:
-    """Local paths of ``uris``: local files as they are (absolute), gs:// ones downloaded."""
+    """Local paths of ``uris``: local files as they are (absolute), gs:// ones downloaded. A
+    local file the glob matched that cannot be read (a dangling link, gone since) is a
+    ``StorageError`` naming it."""
     if not any(is_gcs(u) for u in uris):
+        missing = [u for u in uris if not Path(u).is_file()]
+        if missing:
+            raise StorageError(f"{missing[0]}: matched by the glob but not a readable file")
         return [Path(u).resolve() for u in uris]
     return storage.download_many(uris, dest)
 
@@ -67,30 +74,36 @@ def stage_records(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo, scra
                           "each worker needs at least one shard")
     staged = Staged(local(storage, files[cluster.index::workers], scratch / "train"))
     staged.compression = _checked(staged, staged.train_files, scan, cfg,
-                                  f"worker {cluster.index} --train", storage,
+                                  f"worker {cluster.index} --train",
                                   f"train-worker-{cluster.index}.json")
     if cfg.eval and cluster.is_chief:
         staged.eval_files = local(storage, expand(storage, cfg.eval, "--eval"),
                                   scratch / "eval")
         staged.eval_compression = _checked(staged, staged.eval_files, scan, cfg, "--eval",
-                                           storage, "eval.json")
+                                           "eval.json")
     return staged
 
 
 def _checked(staged: Staged, paths: list[Path], scan: Scan, cfg: TrainConfig,
-             what: str, storage: Storage, record: str) -> str:
-    """Scan the records (damaged images noted in ``staged``), say what they hold in the log
-    and in the run directory (``records/<record>``, also when they are refused); their
-    compression."""
+             what: str, record: str) -> str:
+    """Scan the records (damaged images noted in ``staged``, the report kept as ``record``
+    for ``write_reports``) and say what they hold in the log; their compression."""
     from trainer.detection import records
 
     report = scan(paths)
     log.info("%s: %s", what, report.summary())
-    storage.write_text(join(cfg.run_dir, contract.RUN_RECORDS, record),
-                       json.dumps(report.to_dict(), indent=2) + "\n")
     records.check(report, cfg.max_skipped_fraction, what)
+    staged.reports[record] = report
     staged.undecodable |= report.undecodable()
     return "GZIP" if report.compressed else ""
+
+
+def write_reports(cfg: TrainConfig, storage: Storage, staged: Staged) -> None:
+    """What this worker's scans found, per file and reason, into the run directory's
+    ``records/`` (once the job runs: a refused job writes nothing)."""
+    for name, report in staged.reports.items():
+        storage.write_text(join(cfg.run_dir, contract.RUN_RECORDS, name),
+                           json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def stage_resume(cfg: TrainConfig, storage: Storage, cluster: ClusterInfo,

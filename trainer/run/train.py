@@ -26,7 +26,7 @@ from trainer.config import ConfigError, TrainConfig
 from trainer.errors import TrainerError
 from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo, agree, make_strategy
-from trainer.run.staging import Staged, restore, stage_resume
+from trainer.run.staging import Staged, restore, stage_resume, write_reports
 from trainer.run.storage import Storage, StorageError, join
 from trainer.text import first_line, tf_message
 
@@ -207,6 +207,7 @@ def _train(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage,
         if resume[0] > cfg.steps:
             log.warning("the run directory's newest checkpoint is of step %d, past this run's "
                         "%d steps: evaluating and exporting it as it is", resume[0], cfg.steps)
+    write_reports(cfg, storage, staged)
     if cluster.is_chief:
         _record_config(cfg, storage)
     run = build(cfg, cluster, job, storage, staged, scratch, strategy)
@@ -338,6 +339,9 @@ def finish(run: Run, staged: Staged) -> None:
     checkpoint = run.manager.latest_checkpoint or staged.resume_checkpoint
     if checkpoint is None:
         raise ConfigError(f"{run.cfg.run_dir}: no checkpoint to evaluate or export")
+    log.info("finishing step %d: %s", run.step, " and ".join(
+        what for what, wanted in (("eval", bool(staged.eval_files)), ("export", run.cfg.export))
+        if wanted) or "metrics")
     if staged.eval_files:
         import tensorflow as tf
 
