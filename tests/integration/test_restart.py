@@ -46,7 +46,7 @@ def test_a_detection_run_restarted_after_its_end(dataset: dict[str, str],
     run_dir = tmp_path / "run"
     args = [f"--run-dir={run_dir}", f"--train={local}/train-*.tfrecord",
             f"--eval={local}/eval/val-*.tfrecord", f"--label-map={local}/label_map.pbtxt",
-            "--model-size=tiny", f"--image-size={IMAGE}", "--steps=2", "--checkpoint-every=2",
+            "--model-size=tiny", f"--image-size={IMAGE}", "--steps=2", "--checkpoint-every=1",
             "--global-batch-size=4"]
     _ok(args)
     done = _metrics(run_dir)
@@ -56,8 +56,10 @@ def test_a_detection_run_restarted_after_its_end(dataset: dict[str, str],
     assert found["records"] == found["usable"] == 48 and len(found["files"]) == 4
     assert (run_dir / contract.RUN_RECORDS / "eval.json").exists()
 
-    # A finished run: at once, nothing redone; and with a damaged LATEST, or fewer steps.
-    for extra, damage in (([], None), ([], "garbage"), (["--steps=1"], None)):
+    # A finished run: at once, nothing redone; and with LATEST garbage, lagging behind (ckpt-1
+    # exists too) or naming a step that does not exist, or with fewer steps.
+    for extra, damage in (([], None), ([], "garbage"), ([], "1"), ([], "7"),
+                          (["--steps=1"], None)):
         if damage:
             (run_dir / contract.RUN_CHECKPOINT_POINTER).write_text(damage)
         out = _ok(args + extra)
