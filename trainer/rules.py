@@ -86,12 +86,19 @@ def _keras_needs_its_model(c: Context) -> None:
                         "exported model: .h5, .keras or a SavedModel directory)")
 
 
+def _family(c: Context) -> Any:
+    """The detector family the values name (the default when unset)."""
+    from trainer.detection import families
+
+    return families.get(c.values.get("family") or BY_NAME["family"].default)
+
+
 def _family_fits(c: Context) -> None:
     from trainer.detection import families
 
     if c.values.get("task") != "detection":
         return
-    family = families.get(c.values.get("family") or BY_NAME["family"].default)
+    family = _family(c)
     if not family.backbones and "backbone" in c.given:
         raise RuleError("backbone", f"{family.name}'s backbone is {family.own_backbone}: drop "
                         f"{c.names.field('backbone')}")
@@ -106,12 +113,10 @@ def _family_fits(c: Context) -> None:
 def _image_size_fits(c: Context) -> None:
     """The input size is a multiple of the family's coarsest feature stride (2**max_level, at
     the preset's levels or a pipeline.config's)."""
-    from trainer.detection import families
-
     size = c.values.get("image_size")
     if c.values.get("task") != "detection" or size is None:
         return
-    family = families.get(c.values.get("family") or BY_NAME["family"].default)
+    family = _family(c)
     preset = c.values.get("model_size") or BY_NAME["model_size"].default
     level = (c.values.get("model_garden") or {}).get("model.max_level")
     stride = family.image_stride(preset, level)

@@ -223,6 +223,20 @@ def train_one_and_two_workers(args: Callable[[str], list[str]], single: str,
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
 
 
+def kill_worker_at(spec: Path, index: int, line: str, *launcher_args: str) -> str:
+    """``launcher run-local spec`` with SIGKILL to worker ``index`` once the output matches
+    ``line``: the launcher must restart the group and succeed. Its output."""
+    proc = start_launcher("run-local", str(spec), *launcher_args)
+    seen: list[str] = []
+    pid = int(follow(proc, rf"\[{index}\] started \(pid (\d+)\)", seen)[1])
+    follow(proc, line, seen)
+    os.kill(pid, signal.SIGKILL)
+    code, out, err = finish(proc, seen)
+    assert code == 0, out[-4000:] + err
+    assert f"[{index}] exited with code 137" in out
+    return out
+
+
 def preempt_and_resume(spec: Path, steps: int) -> str:
     """``launcher run-local spec`` with SIGTERM to worker 1 at its step 3: both workers save and
     exit 42, the job restarts and resumes at the saved step (the first step it logs is the next

@@ -5,22 +5,12 @@ Kubernetes that fails the whole job after all its training was done)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import (
-    BUCKET,
-    IMAGE,
-    finish,
-    follow,
-    start_launcher,
-    trainer_env,
-    write_spec,
-)
+from tests.integration.conftest import BUCKET, IMAGE, kill_worker_at, trainer_env, write_spec
 from trainer import contract
 from trainer.run.storage import Storage
 
@@ -100,14 +90,7 @@ def test_a_chief_killed_while_it_finishes_is_replaced_and_finishes(
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       data={"train": [dataset["train"]], "eval": [dataset["eval"]]},
                       training={"export": True})
-    proc = start_launcher("run-local", str(spec))
-    seen: list[str] = []
-    pid = int(follow(proc, r"\[0\] started \(pid (\d+)\)", seen)[1])
-    follow(proc, r"\[0\] .*finishing step 8: eval and export", seen)
-    os.kill(pid, signal.SIGKILL)
-    code, out, err = finish(proc, seen)
-    assert code == 0, out[-4000:] + err
-    assert "[0] exited with code 137" in out
+    out = kill_worker_at(spec, 0, r"\[0\] .*finishing step 8: eval and export")
     after = out[out.index("[launcher] attempt 1 ended"):]
     assert "resumed from step 8" in after and "eval at step 8" in after, after[-4000:]
     assert "step 1/8" not in after and "step 8/8" not in after

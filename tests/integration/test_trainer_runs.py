@@ -4,9 +4,7 @@ Strategy on 127.0.0.1, TensorFlow on CPU) that read from and publish to the GCS 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from tests.integration.conftest import (
     BUCKET,
     check_saved_model,
     finish,
-    follow,
+    kill_worker_at,
     preempt_and_resume,
     start_launcher,
     write_spec,
@@ -80,14 +78,7 @@ def test_sigkill_of_a_worker_restarts_from_the_newest_checkpoint(tmp_path: Path,
                                                                  base_checkpoint: str) -> None:
     spec = write_spec(tmp_path / "spec.yaml", dataset, base_checkpoint,
                       training={"steps": 16, "checkpointEvery": 4, "logEvery": 1})
-    proc = start_launcher("run-local", str(spec), "--grace", "10")
-    seen: list[str] = []
-    pid = int(follow(proc, r"\[1\] started \(pid (\d+)\)", seen)[1])
-    follow(proc, r"published checkpoint ckpt-4 ", seen)
-    os.kill(pid, signal.SIGKILL)
-    code, out, err = finish(proc, seen)
-    assert code == 0, out[-4000:] + err
-    assert "[1] exited with code 137" in out
+    out = kill_worker_at(spec, 1, r"published checkpoint ckpt-4 ", "--grace", "10")
     resumed = re.search(r"resumed from step (\d+)", out)
     assert resumed and int(resumed[1]) >= 4 and int(resumed[1]) % 4 == 0
     assert latest_step(gcs, _run_dir(spec)) == 16
