@@ -37,6 +37,8 @@ _FROM_PIPELINE_ONLY: tuple[tuple[str, Any, Any], ...] = (
     ("layer_hyperparams", dict[str, dict[str, Any]], None),
     # what Model Garden does its own way although the config says otherwise, one line each
     ("differences", list[str], None),
+    # the ssd block, read for a family that is the OD API's own SSD (``od_api_native``)
+    ("ssd", Any, None),
 )
 
 
@@ -184,8 +186,12 @@ def from_args(argv: list[str], env: dict[str, str],
     if ns.pipeline_config:
         if read_text is None:
             raise ConfigError("--pipeline-config: no way to read it")
+        from trainer.detection import families
+
+        family = families.get(ns.family) if ns.family in families.names() else None
         try:
-            pipeline = parse_pipeline(read_text(ns.pipeline_config), ns.pipeline_config)
+            pipeline = parse_pipeline(read_text(ns.pipeline_config), ns.pipeline_config,
+                                      native=bool(family and family.od_api_native))
         except PipelineConfigError as err:
             raise ConfigError(f"--pipeline-config: {err}") from None
     flags = {k: v for k, v in vars(ns).items() if v is not None}

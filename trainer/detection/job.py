@@ -53,7 +53,7 @@ class DetectionJob:
             except (StorageError, checkpoints.CheckpointError) as err:
                 raise ConfigError(f"{self._checkpoint()}: not a readable "
                                   f"TensorFlow checkpoint ({err})") from None
-            if checkpoints.is_od_api(staged.init_checkpoint):
+            if checkpoints.is_od_api(staged.init_checkpoint) and not self.family.od_api_native:
                 raise ConfigError(
                     f"{self._checkpoint()}: a TF Object Detection API checkpoint "
                     "(variables under model/_feature_extractor, model/_box_predictor), which "
@@ -133,9 +133,7 @@ class DetectionJob:
 
     def export(self, staged: Staged, checkpoint: str, dest: Path) -> Path:
         """A detection SavedModel (``image_tensor`` signature)."""
-        from trainer.detection.export import export_saved_model
-
-        return export_saved_model(self.task, checkpoint, dest)
+        return self.task.export_saved_model(checkpoint, dest)
 
 
 def _freeze_batchnorm(model: Any) -> None:

@@ -67,6 +67,8 @@ class PipelineConfig:
     layer_hyperparams: dict[str, dict[str, Any]] = field(default_factory=dict)
     # what Model Garden does its own way, one line each (reported, see the module docstring)
     differences: list[str] = field(default_factory=list)
+    # the ssd block as the OD API's own SSD reads it (``native``; a family's ``od_api_native``)
+    ssd: Any = None
     # field path (as in the file) of each value above, keyed by its name here; model_garden and
     # layer_hyperparams entries as "model_garden.<path>" and "layer_hyperparams.<part>"
     sources: dict[str, str] = field(default_factory=dict)
@@ -102,9 +104,11 @@ def _chosen(message: Any) -> str | None:
     return next((f.name for f, _ in message.ListFields()), None)
 
 
-def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
+def parse(text: str, source: str = "pipeline.config", native: bool = False) -> PipelineConfig:
     """Parse ``text``; ``PipelineConfigError`` naming the line on a syntax error, or naming the
-    field and what is supported instead when the trainer cannot honour it."""
+    field and what is supported instead when the trainer cannot honour it. ``native``: the
+    model block is read for the OD API's own SSD (``trainer.detection.families.ssd.spec``),
+    not mapped onto Model Garden's RetinaNet."""
     from google.protobuf import text_format
 
     pipeline = message_class()()
@@ -128,7 +132,10 @@ def parse(text: str, source: str = "pipeline.config") -> PipelineConfig:
     def refuse(path: str, why: str) -> PipelineConfigError:
         return PipelineConfigError(f"{source}: {path}: {why}")
 
-    _model(pipeline.model, take, refuse, values["differences"])
+    if native:
+        _native_model(pipeline.model, source, take, refuse)
+    else:
+        _model(pipeline.model, take, refuse, values["differences"])
     _train(pipeline.train_config, take, refuse)
     _inputs(pipeline, take, refuse)
     if _opt(pipeline.train_config, "add_regularization_loss") is False:
@@ -159,6 +166,27 @@ def _strict(text: str, source: str) -> None:
 SUPPORTED_MODEL = ("ssd with feature_extractor "
                    f"{' or '.join(FEATURE_EXTRACTORS)} and weight_shared_convolutional_box_"
                    "predictor (RetinaNet)")
+
+
+def _native_model(model: Any, source: str, take: Take, refuse: Refuse) -> None:
+    """The model block for the OD API's own SSD: the whole ssd block, and what the trainer's
+    own fields take from it."""
+    from trainer.detection.families.ssd.spec import _Reader
+
+    for other in ("faster_rcnn", "center_net"):
+        if model.HasField(other):
+            raise refuse(f"model.{other}", "only the OD API's SSD is ported so far (model.ssd: "
+                         "the TF2 Detection Zoo's SSD configs)")
+    if not model.HasField("ssd"):
+        raise refuse("model.ssd", "required: the SSD family builds the OD API's ssd block")
+    spec = _Reader(source).spec(model.ssd)
+    if spec.height != spec.width:
+        raise refuse("model.ssd.image_resizer.fixed_shape_resizer",
+                     f"{spec.height}x{spec.width}: supported: a square size")
+    take("num_classes", spec.num_classes, "model.ssd.num_classes")
+    take("image_size", spec.height, "model.ssd.image_resizer.fixed_shape_resizer")
+    take("freeze_batchnorm", spec.freeze_batchnorm, "model.ssd.freeze_batchnorm")
+    take("ssd", spec, "model.ssd")
 
 
 def _model(model: Any, take: Take, refuse: Refuse, differences: list[str]) -> None:

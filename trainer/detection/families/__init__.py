@@ -8,10 +8,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from trainer.detection.families import faster_rcnn, retinanet, yolo
+from trainer.detection.families import faster_rcnn, retinanet, ssd, yolo
 from trainer.detection.families.base import Family
 
-_BUILT_IN: tuple[Family, ...] = (retinanet.FAMILY, faster_rcnn.FAMILY, yolo.FAMILY)
+_BUILT_IN: tuple[Family, ...] = (retinanet.FAMILY, faster_rcnn.FAMILY, yolo.FAMILY, ssd.FAMILY)
 # name -> family, default first. Changed only by ``registered``.
 _FAMILIES: dict[str, Family] = {family.name: family for family in _BUILT_IN}
 

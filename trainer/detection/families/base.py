@@ -38,6 +38,9 @@ class Family:
     own_backbone: ClassVar[str] = ""
     # Whether an OD-API pipeline.config's ``ssd`` block describes this family.
     reads_pipeline_config: ClassVar[bool] = False
+    # Whether it is the OD API's own network: it reads the ``ssd`` block itself (not mapped onto
+    # Model Garden) and restores OD-API checkpoints by their keys.
+    od_api_native: ClassVar[bool] = False
     # The coarsest feature level of each preset: the input size must be a multiple of
     # 2**level (Model Garden pads the image up to one, which the model then refuses).
     max_levels: ClassVar[dict[str, int]] = {"standard": 5, "tiny": 5}
@@ -77,3 +80,9 @@ class FamilyTask:
     def export_module(self, size: list[int]) -> Any:
         """The export's serving module; None: Model Garden's detection module."""
         return None
+
+    def export_saved_model(self, checkpoint: str, export_dir: Any) -> Any:
+        """Write the inference SavedModel of ``checkpoint``; Model Garden's export by default."""
+        from trainer.detection.export import export_saved_model
+
+        return export_saved_model(self, checkpoint, export_dir)

@@ -9,7 +9,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
-from trainer.detection.families.ssd.layers import Hyper, backbone
+from trainer.detection.families.ssd.layers import BnMode, Hyper, backbone
 from trainer.detection.families.ssd.spec import FeatureExtractor
 
 # SSD MobileNet V2's extra layers: depth of each new map after the backbone's two.
@@ -58,13 +58,13 @@ class FpnExtractor(tf_keras.Model):
     """Backbone levels ``min_level``..5 through the FPN, then stride-2 conv blocks up to
     ``max_level``, each from the level below it."""
 
-    def __init__(self, spec: FeatureExtractor, frozen_bn: bool):
+    def __init__(self, spec: FeatureExtractor, bn: BnMode):
         super().__init__()
         self.spec = spec
-        hyper = Hyper(spec.hyperparams, frozen_bn)
+        hyper = Hyper(spec.hyperparams, bn)
         depth = max(int(spec.fpn_depth * spec.depth_multiplier), spec.min_depth)
         self.base_max_level = min(spec.max_level, 5)
-        self.classification_backbone = backbone(spec, frozen_bn)
+        self.classification_backbone = backbone(spec, bn)
         self._fpn_features_generator = FpnTopDown(self.base_max_level + 1 - spec.min_level,
                                                   depth, hyper, spec.use_depthwise)
         self._coarse_feature_layers: list[Any] = []
@@ -123,20 +123,20 @@ def _depthwise_kwargs(hyper: Hyper) -> dict[str, Any]:
 class SsdExtractor(tf_keras.Model):
     """SSD MobileNet V2: two backbone maps (strides 16 and 32) and four extra ones."""
 
-    def __init__(self, spec: FeatureExtractor, frozen_bn: bool):
+    def __init__(self, spec: FeatureExtractor, bn: BnMode):
         super().__init__()
-        self.classification_backbone = backbone(spec, frozen_bn)
+        self.classification_backbone = backbone(spec, bn)
         self.feature_map_generator = MultiResolutionMaps(spec, Hyper(spec.hyperparams,
-                                                                     frozen_bn))
+                                                                     bn))
 
     def call(self, images: Any, training: Any = None) -> list[Any]:
         maps = self.classification_backbone(images, training=training)
         return self.feature_map_generator(maps, training=training)
 
 
-def extractor(spec: FeatureExtractor, frozen_bn: bool) -> Any:
+def extractor(spec: FeatureExtractor, bn: BnMode) -> Any:
     """The feature extractor a ``feature_extractor`` block describes."""
-    return (FpnExtractor if spec.fpn else SsdExtractor)(spec, frozen_bn)
+    return (FpnExtractor if spec.fpn else SsdExtractor)(spec, bn)
 
 
 def preprocess(backbone_name: str, resized: Any) -> Any:

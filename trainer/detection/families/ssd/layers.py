@@ -7,7 +7,7 @@ config's activation, batch norm, regularizer and initializer."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 import tf_keras
@@ -38,12 +38,20 @@ FPN_OUTPUTS = {
 SSD_OUTPUTS = ("block_13_expand_relu", "out_relu")
 
 
+class BnMode(NamedTuple):
+    """How every batch norm of a model runs: ``frozen`` (moving statistics, fixed scales, in
+    training too) and ``sync`` (statistics over all replicas' batches)."""
+
+    frozen: bool = False
+    sync: bool = False
+
+
 class Hyper:
     """Layers built from one ``conv_hyperparams`` block."""
 
-    def __init__(self, params: Hyperparams, frozen_bn: bool = False):
+    def __init__(self, params: Hyperparams, bn: BnMode = BnMode()):
         self.params = params
-        self.frozen_bn = frozen_bn
+        self.bn = bn
 
     def conv_kwargs(self, use_bias: bool | None = None) -> dict[str, Any]:
         """A convolution's kernel regularizer and initializer; a bias only without batch norm
@@ -78,9 +86,9 @@ class Hyper:
             return tf_keras.layers.Lambda(tf.identity, name=name)
         layer = tf_keras.layers.BatchNormalization(momentum=norm.momentum, epsilon=norm.epsilon,
                                                    center=norm.center, scale=norm.scale,
-                                                   name=name)
+                                                   synchronized=self.bn.sync, name=name)
         # Frozen: moving statistics and fixed scales in training too (tf-keras's rule).
-        layer.trainable = not self.frozen_bn
+        layer.trainable = not self.bn.frozen
         return layer
 
     def activation(self, name: str | None = None) -> Any:
@@ -180,12 +188,12 @@ def _make_divisible(value: float, divisor: int) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def backbone(extractor: FeatureExtractor, frozen_bn: bool) -> Any:
+def backbone(extractor: FeatureExtractor, bn: BnMode) -> Any:
     """The classification backbone: a functional tf-keras model whose outputs are the maps the
     feature extractor reads (levels 2..5 for an FPN, SSD's two maps otherwise)."""
     family = "resnet" if extractor.backbone.startswith("resnet") else extractor.backbone
     params = extractor.hyperparams if extractor.override_base_hyperparams else _OWN[family]
-    layers = _ApplicationLayers(Hyper(params, frozen_bn), _depth_fn(extractor, extractor.backbone),
+    layers = _ApplicationLayers(Hyper(params, bn), _depth_fn(extractor, extractor.backbone),
                                 resnet=family == "resnet")
     apps = tf_keras.applications
     common = {"include_top": False, "weights": None, "input_shape": (None, None, 3),

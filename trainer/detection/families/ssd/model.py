@@ -14,25 +14,31 @@ import tensorflow as tf
 import tf_keras
 
 from trainer.detection.families.ssd import boxes, features, predictors
+from trainer.detection.families.ssd.layers import BnMode
 from trainer.detection.families.ssd.spec import SsdSpec, WeightSharedPredictor
 
 
 class SsdModel(tf_keras.Model):
     """One SSD of an ``ssd`` block (``trainer.detection.families.ssd.spec``)."""
 
-    def __init__(self, spec: SsdSpec):
+    def __init__(self, spec: SsdSpec, sync_bn: bool = False):
         super().__init__()
         self.spec = spec
-        frozen = spec.freeze_batchnorm
-        self._feature_extractor = features.extractor(spec.extractor, frozen)
+        bn = BnMode(spec.freeze_batchnorm, sync_bn)
+        self._feature_extractor = features.extractor(spec.extractor, bn)
         per_location = spec.num_anchors_per_location
         if isinstance(spec.predictor, WeightSharedPredictor):
             self._box_predictor = predictors.WeightShared(
-                spec.predictor, spec.num_classes, per_location[0], len(per_location), frozen)
+                spec.predictor, spec.num_classes, per_location[0], len(per_location), bn)
         else:
             self._box_predictor = predictors.Convolutional(
-                spec.predictor, spec.num_classes, per_location, frozen)
+                spec.predictor, spec.num_classes, per_location, bn)
         self._anchors: dict[tuple[int, int], Any] = {}
+
+    @property
+    def checkpoint_items(self) -> dict[str, Any]:
+        """What a checkpoint holds: the zoo's layout, everything under ``model/``."""
+        return {"model": self}
 
     def preprocess(self, images: Any) -> Any:
         """Images of any size (0-255) stretched to the fixed shape with TF1's bilinear resize
@@ -52,10 +58,10 @@ class SsdModel(tf_keras.Model):
     def anchors(self, maps: list[Any]) -> Any:
         """The anchors of these feature maps (computed once per grid)."""
         grids = tuple((int(m.shape[1]), int(m.shape[2])) for m in maps)
-        if grids not in self._anchors:
-            self._anchors[grids] = tf.constant(boxes.anchors(
-                self.spec.anchors, list(grids), self.spec.height, self.spec.width))
-        return self._anchors[grids]
+        if grids not in self._anchors:  # NumPy: a tensor would belong to one graph
+            self._anchors[grids] = boxes.anchors(self.spec.anchors, list(grids),
+                                                 self.spec.height, self.spec.width)
+        return tf.constant(self._anchors[grids])
 
     def targets(self, anchors: Any, gt_boxes: Any, gt_classes: Any, gt_valid: Any) -> Any:
         """Per-image targets of a padded batch (``gt_classes`` 0-based, ``gt_valid`` [B, M])."""
@@ -73,9 +79,9 @@ class SsdModel(tf_keras.Model):
                          fn_output_signature=spec)
 
     def loss(self, prediction: dict[str, Any], gt_boxes: Any, gt_classes: Any,
-             gt_valid: Any, normalizer: Any = None) -> dict[str, Any]:
-        """The OD API's SSD losses. ``normalizer``: the matched anchors to divide by (default:
-        this batch's; the trainer passes the global batch's)."""
+             gt_valid: Any, reduce: Any = None) -> dict[str, Any]:
+        """The OD API's SSD losses, normalised by the matched anchors; ``reduce`` turns this
+        batch's count into the one to divide by (the trainer's: the global batch's)."""
         s = self.spec
         t = self.targets(self.anchors(prediction["feature_maps"]), gt_boxes, gt_classes,
                          gt_valid)
@@ -93,8 +99,9 @@ class SsdModel(tf_keras.Model):
         if s.focal_alpha is not None:
             focal *= labels * s.focal_alpha + (1 - labels) * (1 - s.focal_alpha)
         cls = tf.reduce_sum(focal * t["cls_weights"][..., None])
-        if normalizer is None:
-            normalizer = tf.reduce_sum(t["reg_weights"])
+        normalizer = tf.reduce_sum(t["reg_weights"])
+        if reduce is not None:
+            normalizer = reduce(normalizer)
         normalizer = tf.maximum(normalizer, 1.0) if s.normalize_by_num_matches else 1.0
         loc_normalizer = normalizer * (predictors.CODE_SIZE if s.normalize_loc_by_codesize
                                        else 1)

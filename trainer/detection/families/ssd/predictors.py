@@ -10,7 +10,7 @@ from typing import Any
 import tensorflow as tf
 import tf_keras
 
-from trainer.detection.families.ssd.layers import Hyper
+from trainer.detection.families.ssd.layers import BnMode, Hyper
 from trainer.detection.families.ssd.spec import ConvolutionalPredictor, WeightSharedPredictor
 
 BOX = "box_encodings"
@@ -56,10 +56,10 @@ class WeightShared(tf_keras.layers.Layer):
     """The weight-shared convolutional box predictor (towers of ``num_layers`` convs)."""
 
     def __init__(self, spec: WeightSharedPredictor, num_classes: int, anchors: int,
-                 num_levels: int, frozen_bn: bool):
+                 num_levels: int, bn: BnMode):
         super().__init__()
         self.spec = spec
-        hyper = Hyper(spec.hyperparams, frozen_bn)
+        hyper = Hyper(spec.hyperparams, bn)
         sep, k = spec.use_depthwise, spec.kernel_size
         self._box_prediction_head = _Head("_box_encoder_layers", [
             _output_conv(hyper, anchors * CODE_SIZE, k, sep)], CODE_SIZE)
@@ -104,9 +104,9 @@ class Convolutional(tf_keras.layers.Layer):
     """SSD's convolutional box predictor: per feature map, a box and a class conv."""
 
     def __init__(self, spec: ConvolutionalPredictor, num_classes: int, anchors: list[int],
-                 frozen_bn: bool):
+                 bn: BnMode):
         super().__init__()
-        hyper = Hyper(spec.hyperparams, frozen_bn)
+        hyper = Hyper(spec.hyperparams, bn)
         k = spec.kernel_size
         self._shared_nets: list[Any] = [[] for _ in anchors]
         dropout = ([lambda: tf_keras.layers.Dropout(1.0 - spec.keep_probability)]
