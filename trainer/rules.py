@@ -102,6 +102,14 @@ def _family_fits(c: Context) -> None:
     if not family.backbones and "backbone" in c.given:
         raise RuleError("backbone", f"{family.name}'s backbone is {family.own_backbone}: drop "
                         f"{c.names.field('backbone')}")
+    preset = c.values.get("model_size")
+    if "model_size" in c.given and preset not in family.presets:
+        sizes = ", ".join(family.presets)
+        raise RuleError("model_size", f"{preset}: {family.name} has only {sizes}"
+                        + (f" ({family.own_backbone} sizes it)" if family.od_api_native else ""))
+    if family.od_api_native and not c.values.get("pipeline_config"):
+        raise RuleError("pipeline_config", f"required by {c.names.setting('family', family.name)}"
+                        ": its network is the pipeline.config's ssd block")
     if c.values.get("pipeline_config") and not family.reads_pipeline_config:
         readers = [f.name for f in families.all_families() if f.reads_pipeline_config]
         raise RuleError("pipeline_config", f"a pipeline.config describes an OD-API ssd model "

@@ -45,7 +45,7 @@ def test_without_a_family_the_trainer_builds_retinanet() -> None:
 
 @pytest.mark.parametrize(("model", "field", "words"), [
     ({"family": "faster_rcnn", "pipelineConfig": "gs://bucket-a/pipeline.config"},
-     "model.pipelineConfig", "a pipeline.config describes an OD-API ssd model (retinanet), "
+     "model.pipelineConfig", "a pipeline.config describes an OD-API ssd model (retinanet, ssd), "
                              "not model.family: faster_rcnn"),
     ({"family": "centernet"}, "model.family", "invalid enum value 'centernet'"),
     ({"family": "yolo", "backbone": "resnet50"}, "model.backbone",
@@ -63,7 +63,7 @@ def test_the_trainer_refuses_a_family_a_pipeline_config_does_not_describe() -> N
     files = {"gs://b/pipeline.config": "train_config { batch_size: 4 }"}
     with pytest.raises(ConfigError, match=r"--pipeline-config \(model\.pipelineConfig\): a "
                                            r"pipeline\.config describes an OD-API ssd model "
-                                           r"\(retinanet\), not --family faster_rcnn"):
+                                           r"\(retinanet, ssd\), not --family faster_rcnn"):
         from_args(["--run-dir", "gs://b/r", "--train", "gs://b/t-*", "--family",
                    "faster_rcnn", "--pipeline-config", "gs://b/pipeline.config"], {},
                   files.__getitem__)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from trainer.detection.families import faster_rcnn, retinanet, ssd, yolo
 from trainer.detection.families.base import Family
 
-_BUILT_IN: tuple[Family, ...] = (retinanet.FAMILY, faster_rcnn.FAMILY, yolo.FAMILY, ssd.FAMILY)
+_BUILT_IN: tuple[Family, ...] = (retinanet.FAMILY, ssd.FAMILY, faster_rcnn.FAMILY, yolo.FAMILY)
 # name -> family, default first. Changed only by ``registered``.
 _FAMILIES: dict[str, Family] = {family.name: family for family in _BUILT_IN}
 

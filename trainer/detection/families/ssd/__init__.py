@@ -23,7 +23,9 @@ class Ssd(Family):
     own_backbone = "the pipeline.config's feature_extractor"
     reads_pipeline_config = True
     od_api_native = True
-    max_levels: ClassVar[dict[str, int]] = {"standard": 7, "tiny": 7}
+    presets: ClassVar[tuple[str, ...]] = ("standard",)  # the pipeline.config sizes the network
+    # The FPN's top input (level 5) is upsampled onto level 4: sizes are multiples of 32.
+    max_levels: ClassVar[dict[str, int]] = {"standard": 5}
 
     def tasks(self) -> ModuleType:
         from trainer.detection.families.ssd import task

@@ -66,7 +66,7 @@ def ssd_box_specs(spec: SsdAnchors) -> list[list[tuple[float, float]]]:
     n = spec.num_layers
     scales = list(spec.scales) or [spec.min_scale + (spec.max_scale - spec.min_scale) * i
                                    / (n - 1) for i in range(n)]
-    scales = scales + [1.0]
+    scales = [*scales, 1.0]
     out = []
     for layer in range(n):
         scale, following = scales[layer], scales[layer + 1]

@@ -119,7 +119,7 @@ class _ApplicationLayers:
         self.depth_fn = depth_fn
         self.resnet = resnet
 
-    def Conv2D(self, filters: int, kernel_size: Any = None, **kwargs: Any) -> Any:  # noqa: N802
+    def Conv2D(self, filters: int, kernel_size: Any = None, **kwargs: Any) -> Any:
         kernel = kwargs.pop("kernel_size", kernel_size)
         kernel = kernel if isinstance(kernel, int) else kernel[0]
         strides = kwargs.pop("strides", 1)
@@ -135,7 +135,7 @@ class _ApplicationLayers:
             return lambda x: conv(pad(x))
         return tf_keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", **options)
 
-    def DepthwiseConv2D(self, kernel_size: Any = None, **kwargs: Any) -> Any:  # noqa: N802
+    def DepthwiseConv2D(self, kernel_size: Any = None, **kwargs: Any) -> Any:
         kernel = kwargs.pop("kernel_size", kernel_size)
         kwargs.pop("padding", None)
         kwargs.pop("use_bias", None)
@@ -145,18 +145,18 @@ class _ApplicationLayers:
             depthwise_initializer=options["kernel_initializer"],
             depthwise_regularizer=options["kernel_regularizer"], **kwargs)
 
-    def BatchNormalization(self, **kwargs: Any) -> Any:  # noqa: N802
+    def BatchNormalization(self, **kwargs: Any) -> Any:
         return self.hyper.batch_norm(name=kwargs.get("name"))
 
-    def Activation(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def Activation(self, *args: Any, **kwargs: Any) -> Any:
         return self.hyper.activation(name=kwargs.get("name"))
 
     ReLU = Activation
 
-    def ZeroPadding2D(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def ZeroPadding2D(self, *args: Any, **kwargs: Any) -> Any:
         return lambda x: x  # the convolutions pad SAME instead
 
-    def MaxPooling2D(self, pool_size: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def MaxPooling2D(self, pool_size: Any, **kwargs: Any) -> Any:
         kwargs["padding"] = "same"
         return tf_keras.layers.MaxPooling2D(pool_size, **kwargs)
 

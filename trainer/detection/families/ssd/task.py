@@ -24,6 +24,8 @@ from trainer.detection.families.ssd import FAMILY, features
 from trainer.detection.families.ssd.spec import SsdSpec
 
 LOG_NAMES = FAMILY.log_names
+# model.size -> what it changes: nothing, the pipeline.config's ssd block is the network.
+PRESETS: dict[str, Callable[[Any], None]] = {"standard": lambda task: None}
 LABEL_ID_OFFSET = 1  # exported classes are label-map ids, as the OD API's exporter writes
 
 
@@ -50,7 +52,7 @@ class SsdTask(FamilyTask, retinanet.RetinaNetTask):
         the backbone (a classification checkpoint's ``feature_extractor``), ``detection`` the
         whole feature extractor of a detection checkpoint (the box predictor starts anew),
         ``full`` everything."""
-        extractor = model._feature_extractor  # noqa: SLF001 (the OD API's name)
+        extractor = model._feature_extractor
         return {"classification": {"feature_extractor": extractor.classification_backbone},
                 "detection": {"model": tf.train.Checkpoint(_feature_extractor=extractor)},
                 "full": {"model": model}}[fine_tune_type]
