@@ -39,6 +39,8 @@ _FROM_PIPELINE_ONLY: tuple[tuple[str, Any, Any], ...] = (
     ("differences", list[str], None),
     # the ssd block, read for a family that is the OD API's own SSD (``od_api_native``)
     ("ssd", Any, None),
+    # that family's augmentations: (name, settings) in the config's order
+    ("augmentations", tuple, ()),
 )
 
 

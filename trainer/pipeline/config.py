@@ -69,6 +69,8 @@ class PipelineConfig:
     differences: list[str] = field(default_factory=list)
     # the ssd block as the OD API's own SSD reads it (``native``; a family's ``od_api_native``)
     ssd: Any = None
+    # (name, settings) of each data_augmentation_options entry, in order (``native`` only)
+    augmentations: tuple[tuple[str, dict[str, Any]], ...] = ()
     # field path (as in the file) of each value above, keyed by its name here; model_garden and
     # layer_hyperparams entries as "model_garden.<path>" and "layer_hyperparams.<part>"
     sources: dict[str, str] = field(default_factory=dict)
@@ -136,7 +138,7 @@ def parse(text: str, source: str = "pipeline.config", native: bool = False) -> P
         _native_model(pipeline.model, source, take, refuse)
     else:
         _model(pipeline.model, take, refuse, values["differences"])
-    _train(pipeline.train_config, take, refuse)
+    _train(pipeline.train_config, take, refuse, native)
     _inputs(pipeline, take, refuse)
     if _opt(pipeline.train_config, "add_regularization_loss") is False:
         for params in values["layer_hyperparams"].values():
@@ -494,7 +496,16 @@ def _post_processing(ssd: Any, prefix: str, take: Take, refuse: Refuse,
                        "before non-max suppression")
 
 
-def _train(train: Any, take: Take, refuse: Refuse) -> None:
+# The augmentations the OD API's own SSD honours, with the proto defaults of their settings.
+NATIVE_AUGMENTATIONS: dict[str, dict[str, Any]] = {
+    "random_horizontal_flip": {},
+    "random_crop_image": {"min_object_covered": 1.0, "min_aspect_ratio": 0.75,
+                          "max_aspect_ratio": 1.33, "min_area": 0.1, "max_area": 1.0,
+                          "overlap_thresh": 0.3, "clip_boxes": True, "random_coef": 0.0},
+}
+
+
+def _train(train: Any, take: Take, refuse: Refuse, native: bool = False) -> None:
     take("batch_size", _opt(train, "batch_size"), "train_config.batch_size")
     take("num_steps", _opt(train, "num_steps"), "train_config.num_steps")
     take("fine_tune_checkpoint", _opt(train, "fine_tune_checkpoint"),
@@ -510,13 +521,21 @@ def _train(train: Any, take: Take, refuse: Refuse) -> None:
     take("fine_tune_checkpoint_type", FINE_TUNE_TYPES.get(ft_type or ""),
          "train_config.fine_tune_checkpoint_type")
     flip = False
+    supported = NATIVE_AUGMENTATIONS if native else {"random_horizontal_flip": {}}
+    augmentations = []
     for option in train.data_augmentation_options:
         chosen = _chosen(option)
         if chosen == "random_horizontal_flip":
             flip = True
+        if chosen in supported:
+            settings = getattr(option, chosen)
+            augmentations.append((chosen, {name: _or(settings, name, default)
+                                           for name, default in supported[chosen].items()}))
         elif chosen is not None:
             raise refuse(f"train_config.data_augmentation_options.{chosen}",
-                         "not supported; supported: random_horizontal_flip")
+                         f"not supported; supported: {', '.join(supported)}")
+    if native:
+        take("augmentations", tuple(augmentations), "train_config.data_augmentation_options")
     if train.data_augmentation_options:
         take("horizontal_flip", flip, "train_config.data_augmentation_options")
     take("clip_norm", _float(_opt(train, "gradient_clipping_by_norm")) or 0.0,

@@ -134,13 +134,17 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
                     ("replicas_to_aggregate", "int32", False),
                     ("use_bfloat16", "bool", False),
                     ("unpad_groundtruth_tensors", "bool", False)],
-    "Augmentation": [(name, "Any", False) for name in (
-        "random_horizontal_flip", "random_crop_image", "random_scale_crop_and_pad_to_square",
+    "Augmentation": [("random_crop_image", "RandomCrop", False)] + [
+        (name, "Any", False) for name in (
+        "random_horizontal_flip", "random_scale_crop_and_pad_to_square",
         "ssd_random_crop", "random_adjust_brightness", "random_adjust_contrast",
         "random_adjust_hue", "random_adjust_saturation", "random_distort_color",
         "random_image_scale", "random_pad_image", "random_vertical_flip", "random_rotation90",
         "random_black_patches", "random_patch_gaussian", "random_jitter_boxes",
         "random_resize_method", "autoaugment_image", "drop_label_probabilistically")],
+    "RandomCrop": [(name, "float", False) for name in (
+        "min_object_covered", "min_aspect_ratio", "max_aspect_ratio", "min_area", "max_area",
+        "overlap_thresh", "random_coef")] + [("clip_boxes", "bool", False)],
     "Optimizer": [("momentum_optimizer", "OptimizerParams", False),
                   ("adam_optimizer", "Any", False), ("rms_prop_optimizer", "Any", False),
                   ("use_moving_average", "bool", False)],

@@ -33,9 +33,11 @@ class SsdTask(FamilyTask, retinanet.RetinaNetTask):
     """The OD API's SSD for one run (``spec``: the pipeline.config's ssd block, with the run's
     class count)."""
 
-    def __init__(self, params: Any, spec: SsdSpec, sync_bn: bool = False, **kwargs: Any):
+    def __init__(self, params: Any, spec: SsdSpec, augmentations: tuple[Any, ...] = (),
+                 sync_bn: bool = False, **kwargs: Any):
         super().__init__(params, **kwargs)
         self.spec = spec
+        self.augmentations = augmentations
         self.sync_bn = sync_bn
 
     def build_model(self) -> Any:
@@ -58,8 +60,7 @@ class SsdTask(FamilyTask, retinanet.RetinaNetTask):
                 "full": {"model": model}}[fine_tune_type]
 
     def input_parser(self, params: Any) -> Any:
-        return Parser(self.spec, params.parser.max_num_instances,
-                      params.parser.aug_rand_hflip)
+        return Parser(self.spec, params.parser.max_num_instances, self.augmentations)
 
     def train_step(self, inputs: Any, model: Any, optimizer: Any,
                    metrics: list[Any] | None = None) -> dict[str, Any]:
@@ -136,39 +137,38 @@ class SsdTask(FamilyTask, retinanet.RetinaNetTask):
 
 
 class Parser:
-    """Model Garden's parser interface over the OD API's SSD input: optional random flip, the
-    model's resize and scaling, ground truth padded to ``max_boxes`` (classes 0-based)."""
+    """Model Garden's parser interface over the OD API's SSD input: the config's augmentations,
+    the model's resize and scaling, ground truth padded to ``max_boxes`` (classes 0-based)."""
 
-    def __init__(self, spec: SsdSpec, max_boxes: int, flip: bool):
+    def __init__(self, spec: SsdSpec, max_boxes: int,
+                 augmentations: tuple[tuple[str, dict[str, Any]], ...]):
         self.spec = spec
         self.max_boxes = max_boxes
-        self.flip = flip
+        self.augmentations = augmentations
 
     def parse_fn(self, is_training: bool) -> Callable[[dict[str, Any]], Any]:
         return self._train if is_training else self._eval
 
-    def _common(self, data: dict[str, Any], flip: bool) -> tuple[Any, dict[str, Any]]:
+    def _common(self, data: dict[str, Any], augment: bool) -> tuple[Any, dict[str, Any]]:
+        from trainer.detection.families.ssd.augment import AUGMENTATIONS
+
         image = tf.cast(data["image"], tf.float32)
         boxes = tf.cast(data["groundtruth_boxes"], tf.float32)
-        if flip:
-            flipped = tf.random.uniform([]) < 0.5
-            image = tf.cond(flipped, lambda: tf.image.flip_left_right(image), lambda: image)
-            boxes = tf.cond(flipped, lambda: tf.stack(
-                [boxes[:, 0], 1 - boxes[:, 3], boxes[:, 2], 1 - boxes[:, 1]], -1),
-                lambda: boxes)
+        classes = tf.cast(data["groundtruth_classes"], tf.int32) - 1
+        for name, settings in self.augmentations if augment else ():
+            image, boxes, classes = AUGMENTATIONS[name](image, boxes, classes, **settings)
         resized = tf.compat.v1.image.resize_images(
             image[None], [self.spec.height, self.spec.width],
             method=tf.image.ResizeMethod.BILINEAR, align_corners=False)[0]
         image = features.preprocess(self.spec.extractor.backbone, resized)
         count = tf.minimum(tf.shape(boxes)[0], self.max_boxes)
         pad = self.max_boxes - count
-        classes = tf.cast(data["groundtruth_classes"][:count], tf.int32) - 1
         return image, {"boxes": tf.pad(boxes[:count], [[0, pad], [0, 0]]),
-                       "classes": tf.pad(classes, [[0, pad]]),
+                       "classes": tf.pad(classes[:count], [[0, pad]]),
                        "valid": tf.pad(tf.ones([count], tf.bool), [[0, pad]])}
 
     def _train(self, data: dict[str, Any]) -> Any:
-        return self._common(data, self.flip)
+        return self._common(data, True)
 
     def _eval(self, data: dict[str, Any]) -> Any:
         from official.vision.dataloaders import utils
@@ -206,7 +206,6 @@ def task_config(cfg: TrainConfig, num_classes: int, train_glob: str, local_files
                 target = getattr(target, parent)
             setattr(target, name, value)
     configure_train_data(task.train_data, cfg, train_glob, local_files)
-    task.train_data.parser.aug_rand_hflip = cfg.horizontal_flip and not cfg.deterministic_input
     return task
 
 
@@ -220,4 +219,6 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
                           "ssd block")
     spec = dataclasses.replace(cfg.ssd, num_classes=num_classes - 1)
     return SsdTask(task_config(cfg, num_classes, train_glob, local_files, sync_bn), spec,
+                   # the deterministic order (training.deterministicInput) is unaugmented
+                   augmentations=() if cfg.deterministic_input else cfg.augmentations,
                    sync_bn=sync_bn)
