@@ -31,6 +31,9 @@ _FROM_PIPELINE_ONLY: tuple[tuple[str, Any, Any], ...] = (
     ("momentum", float, 0.9),
     ("clip_norm", float, 10.0),  # global gradient norm; 0: none
     ("horizontal_flip", bool, True),
+    # mixed precision (where it is on: GPUs) in bfloat16 rather than float16
+    ("bfloat16", bool, False),
+    ("eval_batch_size", int | None, None),  # None: the global batch size
     # Model Garden task-config path -> value; empty: Model Garden's own settings (or the preset's)
     ("model_garden", dict[str, Any], None),
     # "backbone" | "decoder" | "head" -> {activation, norm_momentum, norm_epsilon, l2}
@@ -190,10 +193,12 @@ def from_args(argv: list[str], env: dict[str, str],
             raise ConfigError("--pipeline-config: no way to read it")
         from trainer.detection import families
 
-        family = families.get(ns.family) if ns.family in families.names() else None
+        # No family given: the file decides (an ssd block is the OD API's SSD).
+        native = None if ns.family is None else (
+            ns.family in families.names() and families.get(ns.family).od_api_native)
         try:
             pipeline = parse_pipeline(read_text(ns.pipeline_config), ns.pipeline_config,
-                                      native=bool(family and family.od_api_native))
+                                      native=native)
         except PipelineConfigError as err:
             raise ConfigError(f"--pipeline-config: {err}") from None
     flags = {k: v for k, v in vars(ns).items() if v is not None}

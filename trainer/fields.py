@@ -108,8 +108,10 @@ FIELDS: tuple[Field, ...] = (
        "OD-API records; keras: an exported Keras classifier given as the checkpoint (.h5, "
        ".keras or a SavedModel directory), image-classification records, settings in "
        "model.keras", default="detection", spec="model.task", choices=TASKS),
-    _f("family", str, "the detector family", default="retinanet", spec="model.family",
-       choices=_family_names, task="detection", launcher_flag=True),
+    _f("family", str, "the detector family; with a pipeline.config that has an ssd block: "
+       "ssd (the OD API's SSD; retinanet maps that block onto Model Garden's RetinaNet)",
+       default="retinanet", spec="model.family", choices=_family_names, task="detection",
+       pipeline="family", launcher_flag=True),
     _f("checkpoint", str, "checkpoint to fine-tune from: a prefix (.../ckpt-0) or a directory "
        "holding a `checkpoint` file; none: from scratch", spec="model.checkpoint",
        pipeline="fine_tune_checkpoint", uri=True, launcher_flag=True,

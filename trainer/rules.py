@@ -87,18 +87,21 @@ def _keras_needs_its_model(c: Context) -> None:
 
 
 def _family(c: Context) -> Any:
-    """The detector family the values name (the default when unset)."""
+    """The detector family the values name: the default when unset, None while a
+    pipeline.config still decides it (an ssd block means the OD API's SSD)."""
     from trainer.detection import families
 
+    if not c.values.get("family") and c.values.get("pipeline_config"):
+        return None
     return families.get(c.values.get("family") or BY_NAME["family"].default)
 
 
 def _family_fits(c: Context) -> None:
     from trainer.detection import families
 
-    if c.values.get("task") != "detection":
-        return
     family = _family(c)
+    if c.values.get("task") != "detection" or family is None:
+        return
     if not family.backbones and "backbone" in c.given:
         raise RuleError("backbone", f"{family.name}'s backbone is {family.own_backbone}: drop "
                         f"{c.names.field('backbone')}")
@@ -122,19 +125,23 @@ def _image_size_fits(c: Context) -> None:
     """The input size is a multiple of the family's coarsest feature stride (2**max_level, at
     the preset's levels or a pipeline.config's)."""
     size = c.values.get("image_size")
-    if c.values.get("task") != "detection" or size is None:
-        return
     family = _family(c)
+    if c.values.get("task") != "detection" or size is None or family is None:
+        return
     preset = c.values.get("model_size") or BY_NAME["model_size"].default
     level = (c.values.get("model_garden") or {}).get("model.max_level")
-    stride = family.image_stride(preset, level)
+    network = c.values.get("ssd")
+    stride = family.image_stride(preset, level, network)
     if size % stride:
-        where = "the pipeline.config's max_level" if level is not None else \
-            f"the {preset} {family.name}'s coarsest feature level"
+        if network is not None:
+            where = "the pipeline.config's FPN"
+        elif level is not None:
+            where = "the pipeline.config's max_level"
+        else:
+            where = f"the {preset} {family.name}'s coarsest feature level"
         nearest = stride * max(1, math.floor(size / stride + 0.5))  # a tie: the larger
         raise RuleError("image_size", f"{size} is not a multiple of {stride} (2^"
-                        f"{level if level is not None else family.max_levels[preset]}, "
-                        f"{where}): try {nearest}")
+                        f"{int(math.log2(stride))}, {where}): try {nearest}")
 
 
 def _warmup_fits(c: Context) -> None:

@@ -266,7 +266,7 @@ def _check_training(spec: JobSpec) -> None:
     values = training_values(spec)
     for f in FIELDS:
         options = f.options() if callable(f.choices) else None
-        if options and values[f.name] not in options:
+        if options and values[f.name] is not None and values[f.name] not in options:
             raise SpecError(f.spec or f.name, f"invalid enum value {shown(values[f.name])} "
                             f"(one of: {', '.join(options)})")
     try:

@@ -140,3 +140,36 @@ def test_losses_match_the_od_api(fixture: Fixture, mode: str) -> None:
     for term, value in ours.items():
         theirs = float(fixture.ref[f"{mode}/Loss/{term}"])
         assert abs(value - theirs) <= LOSS_TOLERANCE * abs(theirs), f"{term}: {value} vs {theirs}"
+
+
+def _zoo_configs_with_a_variable_list() -> list[str]:
+    from tests.zoo import STRUCTURE
+
+    return [name for name, fixture in sorted(STRUCTURE.items())
+            if fixture and (FIXTURES / "fixtures" / fixture / "variables-90.json").exists()]
+
+
+@pytest.mark.parametrize("name", _zoo_configs_with_a_variable_list())
+def test_a_zoo_config_as_published_has_the_zoo_checkpoints_keys(name: str,
+                                                                 tmp_path: Path) -> None:
+    """Built from the unedited zoo file (90 classes), our model has exactly the keys and
+    shapes of the OD API's model of that file (``variables-90.json``: the 1024 and 640 sizes
+    of one network share it), so a downloaded ``ckpt-0`` restores with no key left over. The
+    variables do not depend on the input size: a small one builds them."""
+    import tensorflow as tf
+
+    from tests.zoo import CONFIGS, STRUCTURE
+    from trainer.detection.families.ssd.model import SsdModel
+    from trainer.detection.families.ssd.spec import read
+
+    spec = read(CONFIGS[name])
+    model = SsdModel(spec)
+    size = spec.height if spec.size_multiple == 1 else 128
+    out = model(tf.zeros([1, size, size, 3]), training=False)
+    if spec.size_multiple == 1:  # the plain SSD at its 300x300: SSD300's 1917 anchors
+        assert model.anchors(out["feature_maps"]).shape[0] == 1917
+    written = tf.train.Checkpoint(model=model).write(str(tmp_path / "ours"))
+    ours = {k: tuple(s) for k, s in tf.train.list_variables(written) if k.startswith("model/")}
+    listed = json.loads((FIXTURES / "fixtures" / STRUCTURE[name] / "variables-90.json")
+                        .read_text())["variables"]
+    assert ours == {v["key"]: tuple(v["shape"]) for v in listed}

@@ -24,7 +24,8 @@ def _task(text: str, tmp_path: Path, size: int):
 
     config = tmp_path / "pipeline.config"
     config.write_text(text)
-    cfg = from_args(["--run-dir", "/r", "--pipeline-config", str(config), "--checkpoint", "/c",
+    cfg = from_args(["--run-dir", "/r", "--family", "retinanet", "--pipeline-config",
+                     str(config), "--checkpoint", "/c",
                      "--label-map", "/lm", "--train", "/t", "--eval", "/e"], {},
                     lambda uri: Path(uri).read_text())
     assert cfg.image_size == size
@@ -161,8 +162,8 @@ def test_a_zoo_config_trains_evaluates_and_exports(gcs, dataset: dict[str, str],
     config.write_text(text)
     run_dir = f"gs://{BUCKET}/zoo-config-run"
     result = subprocess.run(
-        [sys.executable, "-m", "trainer", "--run-dir", run_dir, "--pipeline-config",
-         str(config), "--model-size", "tiny", "--image-size", "128",
+        [sys.executable, "-m", "trainer", "--run-dir", run_dir, "--family", "retinanet",
+         "--pipeline-config", str(config), "--model-size", "tiny", "--image-size", "128",
          "--global-batch-size", "2", "--checkpoint-every", "2", "--log-every", "1"],
         env=trainer_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -63,6 +63,10 @@ eval_input_reader: {
 """
 
 
+# PIPELINE's partial ssd block, mapped onto Model Garden's RetinaNet
+MAPPED = ["--run-dir", "/r", "--family", "retinanet", "--pipeline-config", "p.config"]
+
+
 def _reader(files: dict[str, str]):
     def read(uri: str) -> str:
         if uri not in files:
@@ -72,7 +76,7 @@ def _reader(files: dict[str, str]):
 
 
 def test_pipeline_config_fields() -> None:
-    config = parse(PIPELINE)
+    config = parse(PIPELINE, native=False)  # onto Model Garden's RetinaNet
     assert config.num_classes == 3
     assert config.image_size == 384
     assert config.batch_size == 64 and config.num_steps == 25000
@@ -87,7 +91,8 @@ def test_pipeline_config_fields() -> None:
 
 def test_faster_rcnn_is_refused_not_trained_as_retinanet() -> None:
     with pytest.raises(PipelineConfigError,
-                       match=r"model\.faster_rcnn: the OD API.s Faster R-CNN is not Model"):
+                       match=r"model\.faster_rcnn: only the OD API.s SSD family is ported so "
+                             r"far .*Model Garden's Faster R-CNN is model.family: faster_rcnn"):
         parse("""model { faster_rcnn { num_classes: 90 image_resizer {
             keep_aspect_ratio_resizer { min_dimension: 600 max_dimension: 1024 } } } }
             train_config { optimizer { adam_optimizer { learning_rate {
@@ -99,13 +104,13 @@ def test_faster_rcnn_is_refused_not_trained_as_retinanet() -> None:
                                   "train_config { fine_tune_checkpoint_type: 'everything' }"])
 def test_unreadable_pipeline_config_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="--pipeline-config: "):
-        from_args(["--run-dir", "/r", "--pipeline-config", "p.config"], {},
+        from_args(MAPPED, {},
                   _reader({"p.config": text}))
 
 
 def test_flags_override_pipeline_config_over_defaults() -> None:
     read = _reader({"p.config": PIPELINE})
-    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--global-batch-size",
+    cfg = from_args([*MAPPED, "--global-batch-size",
                      "32"], {}, read)
     assert cfg.global_batch_size == 32  # flag
     assert cfg.steps == 25000 and cfg.image_size == 384  # pipeline.config
@@ -114,7 +119,7 @@ def test_flags_override_pipeline_config_over_defaults() -> None:
     assert cfg.train == ["gs://data/train-?????-of-00100.tfrecord", "gs://data/extra-*.tfrecord"]
     assert cfg.label_map == "gs://data/label_map.pbtxt"
     assert cfg.fine_tune_type == "detection"
-    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--train", "/x/*",
+    cfg = from_args([*MAPPED, "--train", "/x/*",
                      "--fine-tune-type", "full"], {}, read)
     assert cfg.train == ["/x/*"] and cfg.fine_tune_type == "full"
 
@@ -200,8 +205,8 @@ def test_a_value_from_the_pipeline_config_is_named_by_its_field_there() -> None:
     from trainer.config import field_name
 
     read = _reader({"p.config": PIPELINE})
-    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config"], {}, read)
+    cfg = from_args(MAPPED, {}, read)
     assert field_name(cfg, "checkpoint") == "pipeline.config train_config.fine_tune_checkpoint"
-    cfg = from_args(["--run-dir", "/r", "--pipeline-config", "p.config", "--checkpoint=/c"], {},
+    cfg = from_args([*MAPPED, "--checkpoint=/c"], {},
                     read)
     assert field_name(cfg, "checkpoint") == "--checkpoint (model.checkpoint)"

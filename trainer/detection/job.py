@@ -128,7 +128,8 @@ class DetectionJob:
         self.task.warm_up(model, self.cfg.image_size)
         tf.train.Checkpoint(**model.checkpoint_items).read(
             checkpoint).expect_partial().assert_existing_objects_matched()
-        return evaluate(self.task, model, staged.eval_files, self.cfg.global_batch_size,
+        return evaluate(self.task, model, staged.eval_files,
+                        self.cfg.eval_batch_size or self.cfg.global_batch_size,
                         staged.name_to_id, staged.eval_compression, staged.undecodable)
 
     def export(self, staged: Staged, checkpoint: str, dest: Path) -> Path:

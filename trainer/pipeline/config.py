@@ -1,15 +1,18 @@
 """Read a TF Object Detection API ``pipeline.config``: honour every field the trainer can, refuse
 the rest in one line naming the field and what is supported instead.
 
-What the trainer builds is Model Garden RetinaNet: the OD API's ``ssd`` meta-architecture with an
-FPN feature extractor and a weight-shared box predictor. Each ``ssd`` field maps onto a Model
+A model block is read one of two ways. By default (``native``) the ``ssd`` block is kept whole
+for the ``ssd`` family, the OD API's own SSD (``trainer.detection.families.ssd.spec`` reads it),
+and ``faster_rcnn``/``center_net`` are refused as not ported yet. With the ``retinanet`` family
+the ``ssd`` block is mapped onto Model Garden RetinaNet instead: each ``ssd`` field onto a Model
 Garden setting (``model_garden``: task-config path -> value) or onto the conv hyper-parameters of
 one part of the network (``layer_hyperparams``); a value Model Garden cannot express is refused.
 Unset fields take the OD API's proto defaults, as the OD API would. A field this module does not
 know is refused too (the strict second parse), so nothing in the file is silently ignored.
 
-One thing is reported, not honoured (``differences``; the launcher and the trainer's log print
-it): Model Garden's cap of 5000 candidate boxes per class before non-max suppression.
+Reported, not honoured (``differences``; the launcher and the trainer's log print them): Model
+Garden's cap of 5000 candidate boxes per class before non-max suppression (RetinaNet mapping
+only), and the TPU/TF1 fields of the zoo's files that change nothing on GPUs (``NO_EFFECT``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ FINE_TUNE_TYPES = {"classification": "classification", "detection": "detection",
 FEATURE_EXTRACTORS = {"ssd_resnet50_v1_fpn_keras": "resnet50",
                       "ssd_mobilenet_v2_fpn_keras": "mobilenetv2"}
 PLACEHOLDER = "PATH_TO_BE_CONFIGURED"
+# The model block's choices (the OD API's DetectionModel oneof) and the family each means here.
+META_ARCHITECTURES = {"ssd": "ssd", "faster_rcnn": None, "center_net": None}
 ACTIVATIONS = {"RELU": "relu", "RELU_6": "relu6", "SWISH": "swish"}
 # Model Garden's RetinaNet head: a class bias of -log((1 - 0.01) / 0.01).
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)
@@ -42,6 +47,10 @@ class PipelineConfigError(TrainerError):
 class PipelineConfig:
     """What the trainer takes from a pipeline.config; None where the file does not say."""
 
+    bfloat16: bool | None = None  # train_config.use_bfloat16
+    eval_batch_size: int | None = None
+    # "ssd" where the model block was read for the OD API's own SSD (``native``)
+    family: str | None = None
     num_classes: int | None = None
     image_size: int | None = None
     backbone: str | None = None
@@ -106,11 +115,13 @@ def _chosen(message: Any) -> str | None:
     return next((f.name for f, _ in message.ListFields()), None)
 
 
-def parse(text: str, source: str = "pipeline.config", native: bool = False) -> PipelineConfig:
+def parse(text: str, source: str = "pipeline.config",
+          native: bool | None = None) -> PipelineConfig:
     """Parse ``text``; ``PipelineConfigError`` naming the line on a syntax error, or naming the
     field and what is supported instead when the trainer cannot honour it. ``native``: the
     model block is read for the OD API's own SSD (``trainer.detection.families.ssd.spec``),
-    not mapped onto Model Garden's RetinaNet."""
+    not mapped onto Model Garden's RetinaNet; None: so whenever the file has a model block
+    (what a zoo download means), which then sets ``family``."""
     from google.protobuf import text_format
 
     pipeline = message_class()()
@@ -134,12 +145,15 @@ def parse(text: str, source: str = "pipeline.config", native: bool = False) -> P
     def refuse(path: str, why: str) -> PipelineConfigError:
         return PipelineConfigError(f"{source}: {path}: {why}")
 
+    if native is None:
+        native = any(pipeline.model.HasField(kind) for kind in META_ARCHITECTURES)
     if native:
         _native_model(pipeline.model, source, take, refuse)
     else:
         _model(pipeline.model, take, refuse, values["differences"])
     _train(pipeline.train_config, take, refuse, native)
     _inputs(pipeline, take, refuse)
+    values["differences"] += _no_effect(pipeline)
     if _opt(pipeline.train_config, "add_regularization_loss") is False:
         for params in values["layer_hyperparams"].values():
             params["l2"] = 0.0
@@ -175,13 +189,15 @@ def _native_model(model: Any, source: str, take: Take, refuse: Refuse) -> None:
     own fields take from it."""
     from trainer.detection.families.ssd.spec import _Reader
 
-    for other in ("faster_rcnn", "center_net"):
-        if model.HasField(other):
-            raise refuse(f"model.{other}", "only the OD API's SSD is ported so far (model.ssd: "
-                         "the TF2 Detection Zoo's SSD configs)")
+    for kind, family in META_ARCHITECTURES.items():
+        if model.HasField(kind) and family is None:
+            raise refuse(f"model.{kind}", "only the OD API's SSD family is ported so far "
+                         "(model.ssd: the TF2 Detection Zoo's SSD configs); Model Garden's "
+                         "Faster R-CNN is model.family: faster_rcnn without a pipeline.config")
     if not model.HasField("ssd"):
         raise refuse("model.ssd", "required: the SSD family builds the OD API's ssd block")
     spec = _Reader(source).spec(model.ssd)
+    take("family", META_ARCHITECTURES["ssd"], "model.ssd")
     if spec.height != spec.width:
         raise refuse("model.ssd.image_resizer.fixed_shape_resizer",
                      f"{spec.height}x{spec.width}: supported: a square size")
@@ -502,7 +518,45 @@ NATIVE_AUGMENTATIONS: dict[str, dict[str, Any]] = {
     "random_crop_image": {"min_object_covered": 1.0, "min_aspect_ratio": 0.75,
                           "max_aspect_ratio": 1.33, "min_area": 0.1, "max_area": 1.0,
                           "overlap_thresh": 0.3, "clip_boxes": True, "random_coef": 0.0},
+    # one of its operations, drawn per image; the OD API's seven when the file lists none
+    "ssd_random_crop": {"operations": tuple(
+        {"min_object_covered": covered, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0,
+         "min_area": 0.1, "max_area": 1.0, "overlap_thresh": covered, "clip_boxes": True,
+         "random_coef": 0.15} for covered in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0))},
 }
+# Set in the zoo's files for TPUs and TF1's trainer; on GPUs under TF2 they change nothing (the
+# OD API's own TF2 trainer reads none of them there): accepted, named in one warning.
+NO_EFFECT = ("train_config.sync_replicas", "train_config.startup_delay_steps",
+             "train_config.replicas_to_aggregate", "train_config.unpad_groundtruth_tensors",
+             "model.ssd.inplace_batchnorm_update",
+             "model.ssd.matcher.argmax_matcher.use_matmul_gather")
+
+
+def _augmentation(name: str, settings: Any) -> dict[str, Any]:
+    """One data_augmentation_options entry's settings, the OD API's defaults where unset."""
+    defaults = NATIVE_AUGMENTATIONS[name]
+    if name == "ssd_random_crop":
+        if not settings.operations:
+            return defaults
+        # an operation's unset fields are the proto's zeros, as the OD API reads them
+        return {"operations": tuple(
+            {key: _or(op, key, 0.0) for key in defaults["operations"][0] if key != "clip_boxes"}
+            | {"clip_boxes": True} for op in settings.operations)}
+    return {key: _or(settings, key, default) for key, default in defaults.items()}
+
+
+def _no_effect(pipeline: Any) -> list[str]:
+    """The one warning naming the ``NO_EFFECT`` fields the file sets, if any."""
+    found = []
+    for path in NO_EFFECT:
+        *parents, name = path.split(".")
+        message = pipeline
+        for parent in parents:
+            message = getattr(message, parent)
+        if message.HasField(name):
+            found.append(path)
+    return [f"{', '.join(found)}: TPU and TF1 settings that change nothing on GPUs: "
+            "accepted, not used"] if found else []
 
 
 def _train(train: Any, take: Take, refuse: Refuse, native: bool = False) -> None:
@@ -528,9 +582,7 @@ def _train(train: Any, take: Take, refuse: Refuse, native: bool = False) -> None
         if chosen == "random_horizontal_flip":
             flip = True
         if chosen in supported:
-            settings = getattr(option, chosen)
-            augmentations.append((chosen, {name: _or(settings, name, default)
-                                           for name, default in supported[chosen].items()}))
+            augmentations.append((chosen, _augmentation(chosen, getattr(option, chosen))))
         elif chosen is not None:
             raise refuse(f"train_config.data_augmentation_options.{chosen}",
                          f"not supported; supported: {', '.join(supported)}")
@@ -538,6 +590,8 @@ def _train(train: Any, take: Take, refuse: Refuse, native: bool = False) -> None
         take("augmentations", tuple(augmentations), "train_config.data_augmentation_options")
     if train.data_augmentation_options:
         take("horizontal_flip", flip, "train_config.data_augmentation_options")
+    if _opt(train, "use_bfloat16"):
+        take("bfloat16", True, "train_config.use_bfloat16")
     take("clip_norm", _float(_opt(train, "gradient_clipping_by_norm")) or 0.0,
          "train_config.gradient_clipping_by_norm")
     for split in ("train_data", "validation_data"):
@@ -609,5 +663,6 @@ def _inputs(pipeline: Any, take: Take, refuse: Refuse) -> None:
     if metrics:
         raise refuse("eval_config.metrics_set", f"{metrics[0]!r}: supported: "
                      "coco_detection_metrics")
+    take("eval_batch_size", _opt(pipeline.eval_config, "batch_size"), "eval_config.batch_size")
     if _opt(pipeline.eval_config, "use_moving_averages"):
         raise refuse("eval_config.use_moving_averages", "true: supported: false")

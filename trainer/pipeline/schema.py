@@ -134,10 +134,11 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
                     ("replicas_to_aggregate", "int32", False),
                     ("use_bfloat16", "bool", False),
                     ("unpad_groundtruth_tensors", "bool", False)],
-    "Augmentation": [("random_crop_image", "RandomCrop", False)] + [
+    "Augmentation": [("random_crop_image", "RandomCrop", False),
+                     ("ssd_random_crop", "SsdRandomCrop", False)] + [
         (name, "Any", False) for name in (
         "random_horizontal_flip", "random_scale_crop_and_pad_to_square",
-        "ssd_random_crop", "random_adjust_brightness", "random_adjust_contrast",
+        "random_adjust_brightness", "random_adjust_contrast",
         "random_adjust_hue", "random_adjust_saturation", "random_distort_color",
         "random_image_scale", "random_pad_image", "random_vertical_flip", "random_rotation90",
         "random_black_patches", "random_patch_gaussian", "random_jitter_boxes",
@@ -145,6 +146,10 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
     "RandomCrop": [(name, "float", False) for name in (
         "min_object_covered", "min_aspect_ratio", "max_aspect_ratio", "min_area", "max_area",
         "overlap_thresh", "random_coef")] + [("clip_boxes", "bool", False)],
+    "SsdRandomCrop": [("operations", "SsdRandomCropOperation", True)],
+    "SsdRandomCropOperation": [(name, "float", False) for name in (
+        "min_object_covered", "min_aspect_ratio", "max_aspect_ratio", "min_area", "max_area",
+        "overlap_thresh", "random_coef")],
     "Optimizer": [("momentum_optimizer", "OptimizerParams", False),
                   ("adam_optimizer", "Any", False), ("rms_prop_optimizer", "Any", False),
                   ("use_moving_average", "bool", False)],
@@ -158,7 +163,8 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
     "Cosine": [("learning_rate_base", "float", False), ("total_steps", "int64", False),
                ("warmup_learning_rate", "float", False), ("warmup_steps", "int64", False),
                ("hold_base_rate_steps", "int64", False)],
-    "EvalConfig": [("metrics_set", "string", True), ("use_moving_averages", "bool", False)],
+    "EvalConfig": [("metrics_set", "string", True), ("use_moving_averages", "bool", False),
+                   ("batch_size", "int32", False)],
     "InputReader": [("label_map_path", "string", False), ("shuffle", "bool", False),
                     ("num_epochs", "int32", False),
                     ("tf_record_input_reader", "TfRecordInputReader", False)],

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainer import contract
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, field_name
 from trainer.errors import TrainerError
 from trainer.run import checkpoints
 from trainer.run.cluster import ClusterInfo, agree, make_strategy
@@ -128,6 +128,18 @@ class Run:
         sys.exit(contract.EXIT_RETRYABLE)
 
 
+def precision(cfg: TrainConfig, gpus: bool) -> str:
+    """The Keras dtype policy: mixed precision on GPUs unless turned off, in bfloat16 where the
+    pipeline.config asks (``use_bfloat16``); float32 on CPUs, and for a Keras model (it keeps
+    the policy it was saved with)."""
+    if not gpus or cfg.mixed_precision is False or cfg.task != "detection":
+        if cfg.bfloat16:
+            why = "no GPU here" if not gpus else "mixed precision is off"
+            log.info("%s: %s: float32", field_name(cfg, "bfloat16"), why)
+        return "float32"
+    return "mixed_bfloat16" if cfg.bfloat16 else "mixed_float16"
+
+
 def build(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage, staged: Staged,
           scratch: Path, strategy: Any) -> Run:
     """Model, optimizer and checkpoint under ``strategy``, restored from where this run
@@ -139,13 +151,11 @@ def build(cfg: TrainConfig, cluster: ClusterInfo, job: Job, storage: Storage, st
     if cfg.global_batch_size % replicas:
         raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is not divisible by "
                           f"the {replicas} replicas")
-    gpus = tf.config.list_physical_devices("GPU")
-    # A Keras model keeps the dtype policy it was saved with.
-    mixed = bool(gpus) and cfg.mixed_precision is not False and cfg.task == "detection"
-    if mixed:
-        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = precision(cfg, bool(tf.config.list_physical_devices("GPU")))
+    tf_keras.mixed_precision.set_global_policy(policy)
     with strategy.scope():
-        model, items, optimizer, metrics = job.build(staged, mixed)
+        # float16 needs its loss scaled; bfloat16 has float32's range
+        model, items, optimizer, metrics = job.build(staged, policy == "mixed_float16")
         ckpt = tf.train.Checkpoint(optimizer=optimizer, **items)
         if staged.resume_checkpoint:
             restore(ckpt, staged.resume_checkpoint,

@@ -45,9 +45,11 @@ class Family:
     # 2**level (Model Garden pads the image up to one, which the model then refuses).
     max_levels: ClassVar[dict[str, int]] = {"standard": 5, "tiny": 5}
 
-    def image_stride(self, preset: str, max_level: int | None = None) -> int:
+    def image_stride(self, preset: str, max_level: int | None = None,
+                     network: Any = None) -> int:
         """What the input size must be a multiple of; ``max_level`` overrides the preset's
-        (a pipeline.config's FPN levels)."""
+        (a pipeline.config's FPN levels); ``network``: the pipeline.config's model block as
+        an ``od_api_native`` family reads it (None until that is known)."""
         return 2 ** (max_level if max_level is not None else self.max_levels[preset])
 
     def tasks(self) -> ModuleType:

@@ -6,7 +6,7 @@ box predictors, restoring zoo checkpoints by their own keys. Checked against the
 from __future__ import annotations
 
 from types import ModuleType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from trainer.detection.families.base import Family
 
@@ -26,6 +26,13 @@ class Ssd(Family):
     presets: ClassVar[tuple[str, ...]] = ("standard",)  # the pipeline.config sizes the network
     # The FPN's top input (level 5) is upsampled onto level 4: sizes are multiples of 32.
     max_levels: ClassVar[dict[str, int]] = {"standard": 5}
+
+    def image_stride(self, preset: str, max_level: int | None = None,
+                     network: Any = None) -> int:
+        """The ssd block's own multiple (none for SSD's extra layers, 32 for an FPN)."""
+        if network is None:
+            return super().image_stride(preset, max_level)
+        return network.size_multiple
 
     def tasks(self) -> ModuleType:
         from trainer.detection.families.ssd import task

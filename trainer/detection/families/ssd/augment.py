@@ -53,4 +53,14 @@ def crop(image: Any, boxes: Any, classes: Any, min_object_covered: float,
                  for a, c in zip((image, boxes, classes), cropped, strict=True))
 
 
-AUGMENTATIONS = {"random_horizontal_flip": horizontal_flip, "random_crop_image": crop}
+def ssd_crop(image: Any, boxes: Any, classes: Any,
+             operations: tuple[dict[str, Any], ...]) -> tuple[Any, Any, Any]:
+    """``ssd_random_crop``: one of ``operations`` (``crop``'s settings), drawn uniformly per
+    example, as SSD's paper samples its crops."""
+    chosen = tf.random.uniform([], maxval=len(operations), dtype=tf.int32)
+    branches = [lambda op=op: crop(image, boxes, classes, **op) for op in operations]
+    return tuple(tf.switch_case(chosen, branches))
+
+
+AUGMENTATIONS = {"random_horizontal_flip": horizontal_flip, "random_crop_image": crop,
+                 "ssd_random_crop": ssd_crop}

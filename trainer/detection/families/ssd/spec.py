@@ -144,6 +144,15 @@ class SsdSpec:
     logit_scale: float
 
     @property
+    def size_multiple(self) -> int:
+        """What the input size must be a multiple of: an FPN upsamples its top backbone level
+        (at most level 5) onto the next, so 2^that; SSD's own extra layers take any size."""
+        if not self.extractor.fpn:
+            return 1
+        return 2 ** min(5, self.anchors.max_level if isinstance(self.anchors,
+                                                                MultiscaleAnchors) else 5)
+
+    @property
     def num_anchors_per_location(self) -> list[int]:
         """Anchors at each location of each feature map, finest first."""
         anchors = self.anchors
@@ -317,12 +326,11 @@ class _Reader:
         if loss.HasField("hard_example_miner"):
             raise self.refuse("loss.hard_example_miner", "not ported yet: remove it (no zoo SSD "
                               "config has one)")
-        if _chosen(loss.classification_loss) != "weighted_sigmoid_focal":
-            raise self.refuse("loss.classification_loss", f"{_chosen(loss.classification_loss)}"
-                              ": supported: weighted_sigmoid_focal")
-        if _chosen(loss.localization_loss) != "weighted_smooth_l1":
-            raise self.refuse("loss.localization_loss", f"{_chosen(loss.localization_loss)}: "
-                              "supported: weighted_smooth_l1")
+        for part, ok in (("classification_loss", "weighted_sigmoid_focal"),
+                         ("localization_loss", "weighted_smooth_l1")):
+            chosen = _chosen(getattr(loss, part))
+            if chosen != ok:  # unset: the OD API refuses it too ("Empty loss config")
+                raise self.refuse(f"loss.{part}", f"{chosen or 'required'}: supported: {ok}")
         focal = loss.classification_loss.weighted_sigmoid_focal
         post = ssd.post_processing
         nms = post.batch_non_max_suppression

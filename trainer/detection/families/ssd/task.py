@@ -217,7 +217,9 @@ def build_task(cfg: TrainConfig, num_classes: int, train_glob: str, local_files:
 
         raise ConfigError("--family ssd: needs --pipeline-config (model.pipelineConfig) with an "
                           "ssd block")
-    spec = dataclasses.replace(cfg.ssd, num_classes=num_classes - 1)
+    # The run's size stands for the fixed_shape_resizer's (the same unless a flag set it).
+    spec = dataclasses.replace(cfg.ssd, num_classes=num_classes - 1, height=cfg.image_size,
+                               width=cfg.image_size)
     return SsdTask(task_config(cfg, num_classes, train_glob, local_files, sync_bn), spec,
                    # the deterministic order (training.deterministicInput) is unaugmented
                    augmentations=() if cfg.deterministic_input else cfg.augmentations,
