@@ -207,8 +207,8 @@ def validate(spec_source: Any, k8s_version: K8sVersion = DEFAULT_K8S_VERSION) ->
     _warn_image(spec)
     checks = input_checks(spec)
     for check in checks:
-        if check.level == "warning":
-            typer.echo(f"warning: {check.message}", err=True)
+        if check.level != "error":
+            typer.echo(f"{check.level}: {check.message}", err=True)
     errors = [c.message for c in checks if c.level == "error"]
     if errors:
         raise SpecError("", "; ".join(errors))

@@ -48,7 +48,8 @@ def pre_submit_checks(kube: Kube, spec: Any, objects: list[dict[str, Any]]) -> l
         elif key is not None and key not in (obj.get("data") or {}):
             checks.append(Check("error", f"{field_name}: Secret {name!r} has no {key!r} entry"))
     checks.extend(_scheduling_checks(kube, spec))
-    checks.extend(storage_checks(spec))
+    # the restore check builds the model: not worth it once something cheaper has refused
+    checks.extend(storage_checks(spec, restore=not any(c.level == "error" for c in checks)))
     return checks
 
 

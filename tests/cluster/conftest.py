@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,18 @@ from tests.cluster.controlplane import ADMIN_TOKEN, ControlPlane, control_plane,
 from tests.conftest import BASE_SPEC
 
 _names = itertools.count()
+# The spec's model: a checkpoint of it must exist, since submit checks what it restores.
+MODEL = {"numClasses": 3, "size": "tiny"}
+_WRITE_CHECKPOINT = """
+import sys
+from pathlib import Path
+import tensorflow as tf
+from trainer.config import from_args
+from trainer.restore_plan import build_model
+cfg = from_args(sys.argv[2:], {}, lambda uri: Path(uri).read_text())
+_, model = build_model(cfg, cfg.num_classes)
+tf.train.Checkpoint(**model.checkpoint_items).write(sys.argv[1])
+"""
 
 
 @pytest.fixture(scope="session")
@@ -63,15 +78,30 @@ def runs(tmp_path: Path) -> Path:
     return tmp_path / "runs"
 
 
+@pytest.fixture(scope="session")
+def model_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An (untrained) checkpoint of the spec's model, written by the trainer's own model code."""
+    from launcher.render import trainer_args
+    from launcher.spec import build_spec
+
+    prefix = str(tmp_path_factory.mktemp("model") / "ckpt-0")
+    raw = copy.deepcopy(BASE_SPEC)
+    raw["model"] = {"checkpoint": prefix, **MODEL}
+    args = trainer_args(build_spec(raw))
+    subprocess.run([sys.executable, "-c", _WRITE_CHECKPOINT, prefix, *args], check=True,
+                   env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, timeout=600)
+    return prefix
+
+
 @pytest.fixture
-def spec_file(tmp_path: Path, ns: str, runs: Path) -> Path:
+def spec_file(tmp_path: Path, ns: str, runs: Path, model_checkpoint: str) -> Path:
     """A valid 2-worker spec in this test's namespace, with local inputs that exist."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "train-0.tfrecord").write_bytes(b"x")
     raw = copy.deepcopy(BASE_SPEC)
     raw.update(namespace=ns, runDir=str(runs), image="trainer:test")
-    raw["model"] = {"checkpoint": str(tmp_path / "ckpt" / "ckpt-0"), "numClasses": 3}
+    raw["model"] = {"checkpoint": model_checkpoint, **MODEL}
     raw["data"] = {"train": [str(data / "train-*.tfrecord")]}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -6,6 +6,7 @@ podFailurePolicy and per-index retries against docs/contract.md."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,9 @@ def test_two_workers_preempted_replaced_and_done(plane: ControlPlane, ns: str, k
                                                  spec_file: Path) -> None:
     submitted = cli("submit", str(spec_file))
     assert submitted.exit_code == 0, submitted.stderr
+    # what the checkpoint (the spec's own model) restores, said before anything is created
+    assert re.search(r"info: restore: detection: \d+ variables restored, \d+ new",
+                     submitted.stderr), submitted.stderr
     assert submitted.stdout.splitlines() == ["job/det applied", "service/det applied",
                                              "networkpolicy/det applied"]
     pods = plane.wait_pods(ns, "det", 2)

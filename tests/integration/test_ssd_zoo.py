@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from tests.integration.conftest import (
     model_weights,
     preempt_and_resume,
     train_one_and_two_workers,
+    trainer_env,
     write_spec,
 )
 from tests.integration.test_od_api_fixtures import FIXTURES
@@ -112,6 +114,48 @@ def test_zoo_model_fine_tunes_on_two_workers_resumes_evaluates_and_exports(
     check_saved_model(gcs, f"{run_dir}/{contract.RUN_EXPORT}", tmp_path / "export")
     losses = re.findall(r"worker 0 step \d+/8 loss (\S+)", out)
     assert losses and all(np.isfinite(float(x)) for x in losses)
+
+
+def _validate(spec: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return subprocess.run([sys.executable, "-m", "launcher", "validate", str(spec), *sets],
+                          env=trainer_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_validate_says_what_the_zoo_checkpoint_restores_and_names_the_key_that_does_not_fit(
+        tmp_path: Path, dataset: dict[str, str], zoo: dict[str, str]) -> None:
+    import tensorflow as tf
+
+    spec = _spec(tmp_path / "spec.yaml", dataset, zoo)
+    ok = _validate(spec)
+    assert ok.returncode == 0, ok.stderr
+    plan = re.search(r"info: restore: detection: (\d+) variables restored, (\d+) new \((.*)\), "
+                     r"(\d+) of the checkpoint's unused", ok.stderr)
+    assert plan, ok.stderr
+    theirs = [name for name, _ in tf.train.list_variables(zoo["local_checkpoint"])]
+    extractor = [k for k in theirs if k.startswith("model/_feature_extractor/")]
+    predictor = [k for k in theirs if k.startswith("model/_box_predictor/")]
+    # the OD API's "detection": the feature extractor restores, the box predictor starts anew
+    assert int(plan[1]) == len(extractor) and int(plan[4]) == len(predictor) > 0
+    assert int(plan[2]) == len(predictor) and plan[3].startswith("model/_box_predictor/")
+    assert "(the same keys: they start anew)" in ok.stderr
+
+    full = _validate(spec, "model.fineTuneType=full")
+    assert full.returncode != 0
+    error = full.stderr.strip().splitlines()[-1]
+    # the checkpoint's 6-class head against the spec's 4 classes, and what fits instead
+    assert re.search(r"model/_box_predictor/_prediction_heads/class_predictions_with_background"
+                     r"/\S+: shape \[.*\] in the checkpoint, \[.*\] in the model: it does not "
+                     r"fit fine-tune type full; it fits fine-tune type detection "
+                     r"\(set model.fineTuneType: detection\)", error), error
+    assert "info: restore" not in full.stderr
+    # the zoo file's own type (its training started from an ImageNet classifier)
+    zoo_type = _validate(spec, "model.fineTuneType=classification")
+    assert zoo_type.returncode != 0
+    assert zoo_type.stderr.strip().splitlines()[-1].endswith(
+        "is not in the checkpoint (its variables are under model/): it does not fit fine-tune "
+        "type classification; it fits fine-tune type detection (set model.fineTuneType: "
+        "detection)"), zoo_type.stderr
 
 
 def _equivalence_args(run_dir: str, zoo: dict[str, str]) -> list[str]:

@@ -40,17 +40,21 @@ def _filled(tmp_path: Path, config: str) -> str:
     return config
 
 
-def test_a_zoo_config_with_its_paths_filled_in_validates(tmp_path: Path) -> None:
+def test_a_zoo_config_with_its_paths_filled_in_is_refused_only_for_its_missing_checkpoint(
+        tmp_path: Path) -> None:
+    # (no data.train and no model.checkpoint in the spec: both come from the config; the
+    # checkpoint is not downloaded here, and the restore check says so before any pod runs)
+    missing = f"error: pipeline.config train_config.fine_tune_checkpoint {tmp_path}/c: not " \
+              f"found (no {tmp_path}/c.index)"
     code, out, err = _validate(tmp_path, _filled(tmp_path, retinanet()))
-    # (no data.train and no model.checkpoint in the spec: both come from the config)
-    assert code == 0, err
-    assert out.startswith("ok: det")
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == missing, err
     # As the OD API's SSD (the default for an ssd block) nothing differs from the OD API ...
     assert "Model Garden" not in err
     # ... mapped onto Model Garden's RetinaNet, what Model Garden does its own way is said
     # before anything runs.
     code, out, err = _validate(tmp_path, _filled(tmp_path, retinanet()), family="retinanet")
-    assert code == 0, err
+    assert code == 2 and err.splitlines()[-1] == missing, err
     assert "warning: model.pipelineConfig model.ssd.post_processing.batch_non_max_" \
            "suppression: Model Garden keeps the 5000 best-scoring boxes per class" in err
 
