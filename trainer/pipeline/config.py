@@ -523,6 +523,15 @@ NATIVE_AUGMENTATIONS: dict[str, dict[str, Any]] = {
         {"min_object_covered": covered, "min_aspect_ratio": 0.5, "max_aspect_ratio": 2.0,
          "min_area": 0.1, "max_area": 1.0, "overlap_thresh": covered, "clip_boxes": True,
          "random_coef": 0.15} for covered in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0))},
+    "random_adjust_brightness": {"max_delta": 0.2},
+    "random_adjust_contrast": {"min_delta": 0.8, "max_delta": 1.25},
+    "random_adjust_hue": {"max_delta": 0.02},
+    "random_adjust_saturation": {"min_delta": 0.8, "max_delta": 1.25},
+    "random_distort_color": {"color_ordering": 0},
+    # unset paddings are 1 as the OD API's builder reads them (no padding); no pad_color: the
+    # image's mean colour
+    "random_absolute_pad_image": {"max_height_padding": 1, "max_width_padding": 1,
+                                  "pad_color": None},
 }
 # Set in the zoo's files for TPUs and TF1's trainer; on GPUs under TF2 they change nothing (the
 # OD API's own TF2 trainer reads none of them there): accepted, named in one warning.
@@ -542,7 +551,23 @@ def _augmentation(name: str, settings: Any) -> dict[str, Any]:
         return {"operations": tuple(
             {key: _or(op, key, 0.0) for key in defaults["operations"][0] if key != "clip_boxes"}
             | {"clip_boxes": True} for op in settings.operations)}
+    if name == "random_absolute_pad_image":
+        return {"max_height_padding": settings.max_height_padding or 1,
+                "max_width_padding": settings.max_width_padding or 1,
+                "pad_color": tuple(_float(c) for c in settings.pad_color) or None}
     return {key: _or(settings, key, default) for key, default in defaults.items()}
+
+
+def _augmentation_problem(name: str, settings: dict[str, Any]) -> str | None:
+    """Why an entry's settings cannot run (the OD API fails on them too), or None."""
+    if name == "random_distort_color" and settings["color_ordering"] not in (0, 1):
+        return f"color_ordering: {settings['color_ordering']}: supported: 0, 1"
+    if name == "random_absolute_pad_image":
+        if settings["pad_color"] is not None and len(settings["pad_color"]) != 3:
+            return "pad_color: three values (R, G, B) or none (the image's mean colour)"
+        if min(settings["max_height_padding"], settings["max_width_padding"]) < 0:
+            return "max_height_padding, max_width_padding: at least 0"
+    return None
 
 
 def _no_effect(pipeline: Any) -> list[str]:
@@ -582,7 +607,11 @@ def _train(train: Any, take: Take, refuse: Refuse, native: bool = False) -> None
         if chosen == "random_horizontal_flip":
             flip = True
         if chosen in supported:
-            augmentations.append((chosen, _augmentation(chosen, getattr(option, chosen))))
+            settings = _augmentation(chosen, getattr(option, chosen))
+            problem = _augmentation_problem(chosen, settings)
+            if problem:
+                raise refuse(f"train_config.data_augmentation_options.{chosen}", problem)
+            augmentations.append((chosen, settings))
         elif chosen is not None:
             raise refuse(f"train_config.data_augmentation_options.{chosen}",
                          f"not supported; supported: {', '.join(supported)}")

@@ -135,11 +135,15 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
                     ("use_bfloat16", "bool", False),
                     ("unpad_groundtruth_tensors", "bool", False)],
     "Augmentation": [("random_crop_image", "RandomCrop", False),
-                     ("ssd_random_crop", "SsdRandomCrop", False)] + [
+                     ("ssd_random_crop", "SsdRandomCrop", False),
+                     ("random_adjust_brightness", "MaxDelta", False),
+                     ("random_adjust_contrast", "DeltaRange", False),
+                     ("random_adjust_hue", "MaxDelta", False),
+                     ("random_adjust_saturation", "DeltaRange", False),
+                     ("random_distort_color", "DistortColor", False),
+                     ("random_absolute_pad_image", "AbsolutePad", False)] + [
         (name, "Any", False) for name in (
         "random_horizontal_flip", "random_scale_crop_and_pad_to_square",
-        "random_adjust_brightness", "random_adjust_contrast",
-        "random_adjust_hue", "random_adjust_saturation", "random_distort_color",
         "random_image_scale", "random_pad_image", "random_vertical_flip", "random_rotation90",
         "random_black_patches", "random_patch_gaussian", "random_jitter_boxes",
         "random_resize_method", "autoaugment_image", "drop_label_probabilistically")],
@@ -147,6 +151,11 @@ SCHEMA: dict[str, list[tuple[str, str, bool]]] = {
         "min_object_covered", "min_aspect_ratio", "max_aspect_ratio", "min_area", "max_area",
         "overlap_thresh", "random_coef")] + [("clip_boxes", "bool", False)],
     "SsdRandomCrop": [("operations", "SsdRandomCropOperation", True)],
+    "MaxDelta": [("max_delta", "float", False)],
+    "DeltaRange": [("min_delta", "float", False), ("max_delta", "float", False)],
+    "DistortColor": [("color_ordering", "int32", False)],
+    "AbsolutePad": [("max_height_padding", "int32", False),
+                    ("max_width_padding", "int32", False), ("pad_color", "float", True)],
     "SsdRandomCropOperation": [(name, "float", False) for name in (
         "min_object_covered", "min_aspect_ratio", "max_aspect_ratio", "min_area", "max_area",
         "overlap_thresh", "random_coef")],

@@ -62,5 +62,93 @@ def ssd_crop(image: Any, boxes: Any, classes: Any,
     return tuple(tf.switch_case(chosen, branches))
 
 
+def _on_unit_range(adjust: Any, image: Any) -> Any:
+    """A ``tf.image`` colour adjustment (made for 0-1) as the OD API applies it to a 0-255
+    image: scaled down, adjusted, scaled back, clipped."""
+    return tf.clip_by_value(adjust(image / 255.0) * 255.0, 0.0, 255.0)
+
+
+def brightness(image: Any, boxes: Any, classes: Any, max_delta: float
+               ) -> tuple[Any, Any, Any]:
+    """``random_adjust_brightness``: a delta drawn from [-max_delta, max_delta] (0-1 scale)."""
+    delta = tf.random.uniform([], -max_delta, max_delta)
+    return _on_unit_range(lambda x: tf.image.adjust_brightness(x, delta), image), boxes, classes
+
+
+def contrast(image: Any, boxes: Any, classes: Any, min_delta: float, max_delta: float
+             ) -> tuple[Any, Any, Any]:
+    """``random_adjust_contrast``: a factor drawn from [min_delta, max_delta]."""
+    factor = tf.random.uniform([], min_delta, max_delta)
+    return _on_unit_range(lambda x: tf.image.adjust_contrast(x, factor), image), boxes, classes
+
+
+def hue(image: Any, boxes: Any, classes: Any, max_delta: float) -> tuple[Any, Any, Any]:
+    """``random_adjust_hue``: a delta drawn from [-max_delta, max_delta]."""
+    delta = tf.random.uniform([], -max_delta, max_delta)
+    return _on_unit_range(lambda x: tf.image.adjust_hue(x, delta), image), boxes, classes
+
+
+def saturation(image: Any, boxes: Any, classes: Any, min_delta: float, max_delta: float
+               ) -> tuple[Any, Any, Any]:
+    """``random_adjust_saturation``: a factor drawn from [min_delta, max_delta]."""
+    factor = tf.random.uniform([], min_delta, max_delta)
+    return (_on_unit_range(lambda x: tf.image.adjust_saturation(x, factor), image), boxes,
+            classes)
+
+
+# random_distort_color's two orderings, with the OD API's fixed ranges.
+_DISTORTIONS = {
+    "brightness": (brightness, {"max_delta": 32.0 / 255.0}),
+    "saturation": (saturation, {"min_delta": 0.5, "max_delta": 1.5}),
+    "hue": (hue, {"max_delta": 0.2}),
+    "contrast": (contrast, {"min_delta": 0.5, "max_delta": 1.5}),
+}
+COLOR_ORDERINGS = {0: ("brightness", "saturation", "hue", "contrast"),
+                   1: ("brightness", "contrast", "saturation", "hue")}
+
+
+def distort_color(image: Any, boxes: Any, classes: Any, color_ordering: int
+                  ) -> tuple[Any, Any, Any]:
+    """``random_distort_color``: brightness, saturation, hue and contrast in one of two
+    orders."""
+    for name in COLOR_ORDERINGS[color_ordering]:
+        adjust, settings = _DISTORTIONS[name]
+        image, boxes, classes = adjust(image, boxes, classes, **settings)
+    return image, boxes, classes
+
+
+def _draw(low: Any, high: Any) -> Any:
+    """An integer drawn from [low, high), or ``low`` when that range is empty."""
+    return tf.cond(high > low,
+                   lambda: tf.random.uniform([], low, tf.maximum(high, low + 1), tf.int32),
+                   lambda: low)
+
+
+def absolute_pad(image: Any, boxes: Any, classes: Any, max_height_padding: int,
+                 max_width_padding: int, pad_color: tuple[float, ...] | None
+                 ) -> tuple[Any, Any, Any]:
+    """``random_absolute_pad_image``: a canvas larger by [0, max padding) pixels each way,
+    the image placed at a random offset, the rest filled with ``pad_color`` (the image's mean
+    colour when none); boxes re-expressed in the canvas."""
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    color = tf.reduce_mean(image, axis=[0, 1]) if pad_color is None else \
+        tf.constant(pad_color, tf.float32)
+    target_h = _draw(height, height + max_height_padding)
+    target_w = _draw(width, width + max_width_padding)
+    top, left = _draw(0, target_h - height), _draw(0, target_w - width)
+    canvas = tf.image.pad_to_bounding_box(image, top, left, target_h, target_w)
+    inside = tf.image.pad_to_bounding_box(tf.ones_like(image), top, left, target_h, target_w)
+    image = canvas + (1.0 - inside) * color
+    window = tf.cast(tf.stack([-top, -left, target_h - top, target_w - left]), tf.float32) / \
+        tf.cast(tf.stack([height, width, height, width]), tf.float32)
+    wy0, wx0, wy1, wx1 = tf.unstack(window)
+    scale = tf.stack([wy1 - wy0, wx1 - wx0, wy1 - wy0, wx1 - wx0])
+    return image, (boxes - tf.stack([wy0, wx0, wy0, wx0])) / scale, classes
+
+
 AUGMENTATIONS = {"random_horizontal_flip": horizontal_flip, "random_crop_image": crop,
-                 "ssd_random_crop": ssd_crop}
+                 "ssd_random_crop": ssd_crop, "random_adjust_brightness": brightness,
+                 "random_adjust_contrast": contrast, "random_adjust_hue": hue,
+                 "random_adjust_saturation": saturation, "random_distort_color": distort_color,
+                 "random_absolute_pad_image": absolute_pad}
