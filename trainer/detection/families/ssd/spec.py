@@ -212,6 +212,10 @@ class _Reader:
 
     def extractor(self, ssd: Any) -> FeatureExtractor:
         fe = ssd.feature_extractor
+        if fe.type.startswith("ssd_efficientnet"):  # the zoo's EfficientDet: BiFPN, its own head
+            raise self.refuse("feature_extractor.type", f"{fe.type}: EfficientDet is not ported "
+                              "yet: only the OD API's SSD family is ported so far (the zoo's "
+                              "SSD ResNet and MobileNet configs)")
         if fe.type not in EXTRACTORS:
             raise self.refuse("feature_extractor.type", f"{fe.type or '(unset)'}: the SSD "
                               f"family builds {', '.join(EXTRACTORS)}")
