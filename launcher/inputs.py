@@ -27,6 +27,11 @@ class Check:
     message: str
 
 
+def refused(checks: list[Check]) -> bool:
+    """Whether any of ``checks`` blocks the job."""
+    return any(c.level == "error" for c in checks)
+
+
 def storage_checks(spec: Any, restore: bool = True) -> list[Check]:
     """``input_checks`` and that the run directory is writable."""
     return input_checks(spec, probe_write=True, restore=restore)
@@ -74,8 +79,7 @@ def input_checks(spec: Any, probe_write: bool = False, restore: bool = True) -> 
             probe = f"{spec.job_run_dir.rstrip('/')}/.launcher-write-check"
             storage.write_text(probe, "ok\n")
             storage.delete(probe)
-        if restore and cfg.task == "detection" and cfg.checkpoint and not any(
-                c.level == "error" for c in checks):
+        if restore and cfg.task == "detection" and cfg.checkpoint and not refused(checks):
             checks += restore_checks(spec)
         return checks
     except (ConfigError, StorageError) as err:

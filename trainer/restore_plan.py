@@ -103,6 +103,11 @@ def compare(fine_tune_type: str, parts: dict[str, dict[str, tuple[int, ...]]],
                        tuple(sorted(set(checkpoint) - set(part))), error)
 
 
+def _where(cfg: TrainConfig) -> str:
+    """How messages name the checkpoint: its field and its URI."""
+    return f"{field_name(cfg, 'checkpoint')} {cfg.checkpoint}"
+
+
 def checkpoint_variables(cfg: TrainConfig, storage: Any, scratch: Path
                          ) -> dict[str, tuple[int, ...]]:
     """``cfg.checkpoint``'s variables, from its index file alone (resolved as the trainer
@@ -110,7 +115,7 @@ def checkpoint_variables(cfg: TrainConfig, storage: Any, scratch: Path
     from trainer.run import checkpoints
     from trainer.run.storage import StorageError
 
-    where = f"{field_name(cfg, 'checkpoint')} {cfg.checkpoint}"
+    where = _where(cfg)
     prefix = checkpoints.resolve_prefix(storage, cfg.checkpoint or "")
     parent, _, stem = prefix.rstrip("/").rpartition("/")
     index = f"{parent}/{stem}.index"
@@ -157,8 +162,7 @@ def plan(cfg: TrainConfig, labels: dict[int, str] | None, storage: Any,
 
     theirs = checkpoint_variables(cfg, storage, scratch)
     parts, whole = model_variables(cfg, resolve_num_classes(cfg, labels), scratch)
-    return compare(cfg.fine_tune_type, parts, whole, theirs,
-                   f"{field_name(cfg, 'checkpoint')} {cfg.checkpoint}")
+    return compare(cfg.fine_tune_type, parts, whole, theirs, _where(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from launcher.cluster.client import Kube, KubeError
-from launcher.inputs import Check, storage_checks
+from launcher.inputs import Check, refused, storage_checks
 from trainer import contract
 
 KUEUE_GROUP = "/apis/kueue.x-k8s.io"
@@ -49,7 +49,7 @@ def pre_submit_checks(kube: Kube, spec: Any, objects: list[dict[str, Any]]) -> l
             checks.append(Check("error", f"{field_name}: Secret {name!r} has no {key!r} entry"))
     checks.extend(_scheduling_checks(kube, spec))
     # the restore check builds the model: not worth it once something cheaper has refused
-    checks.extend(storage_checks(spec, restore=not any(c.level == "error" for c in checks)))
+    checks.extend(storage_checks(spec, restore=not refused(checks)))
     return checks
 
 
